@@ -1,0 +1,477 @@
+"""Candidate operations of the DARTS search space: ``PRIMITIVES`` and ``OPS``.
+
+Every operation maps an NHWC array to an NHWC array. The structure follows the
+DARTS reference (Liu et al., ICLR 2019, ``cnn/operations.py``): ReLU-Conv-BN
+ordering, separable convolutions applied twice, dilated depthwise
+convolutions, a factorized reduce for the stride-2 identity, convolutions
+without bias and BatchNorm whose affine part is switched by ``affine`` (off in
+the search network, on in the final network).
+
+Operations are built through the ``OPS`` registry, ``OPS[name](C, stride,
+affine, rngs=rngs)``, so a user adds a primitive with ``register_op`` without
+editing this file:
+
+  >>> from dnas import ops
+  >>> @ops.register_op('conv_3x3')
+  ... def conv_3x3(C, stride, affine, *, rngs):
+  ...   return ops.ReLUConvBN(C, C, 3, stride, 1, affine, rngs=rngs)
+
+Depthwise convolutions decide speed on XLA:CPU, where the grouped-convolution
+path is tens of times slower than the same function written as shifted
+multiply-adds (../shared/PERF_NOTES.md). ``depthwise_conv2d`` picks the
+formulation per backend behind one function; both compute the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import os
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "PRIMITIVES",
+    "OPS",
+    "register_op",
+    "depthwise_conv2d",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "conv2d",
+    "torch_conv_init",
+    "BatchNorm",
+    "Conv",
+    "DepthwiseConv",
+    "ReLUConvBN",
+    "DilConv",
+    "SepConv",
+    "Identity",
+    "Zero",
+    "FactorizedReduce",
+    "Pool",
+    "Sequential",
+]
+
+PRIMITIVES = [
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]
+
+# PyTorch's default convolution init (kaiming_uniform with a=sqrt(5)) is
+# uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)); keeping it keeps the reference's
+# training dynamics.
+torch_conv_init = jax.nn.initializers.variance_scaling(
+    1.0 / 3.0, "fan_in", "uniform"
+)
+
+# BatchNorm as in PyTorch: momentum 0.1 on the new statistic, eps 1e-5.
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+
+
+def _depthwise_impl() -> str:
+  choice = os.environ.get("DNAS_DEPTHWISE", "auto")
+  if choice not in ("auto", "shift", "native"):
+    raise ValueError(
+        f"DNAS_DEPTHWISE={choice!r} is not one of auto, shift, native;"
+        " unset it or pick one"
+    )
+  if choice != "auto":
+    return choice
+  return "shift" if jax.default_backend() == "cpu" else "native"
+
+
+def depthwise_conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: int = 0,
+    impl: str | None = None,
+) -> jax.Array:
+  """Depthwise 2-D convolution (``groups = channels``), NHWC.
+
+  Args:
+    x: input of shape (N, H, W, C).
+    kernel: filters of shape (k, k, 1, C), the HWIO layout of a grouped conv.
+    stride: spatial stride.
+    dilation: spatial dilation of the kernel.
+    padding: zero padding on each side of H and W.
+    impl: ``'shift'`` (k*k shifted multiply-adds over the padded input, the
+      fast path on XLA:CPU), ``'native'`` (``conv_general_dilated`` with
+      ``feature_group_count=C``, the fast path on GPU/TPU) or ``None`` to pick
+      per backend (overridable with the ``DNAS_DEPTHWISE`` environment
+      variable).
+
+  Returns:
+    The output of shape (N, H', W', C) with
+    H' = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1.
+
+  Example:
+    >>> x = jnp.ones((1, 8, 8, 4)); k = jnp.ones((3, 3, 1, 4))
+    >>> depthwise_conv2d(x, k, padding=1).shape
+    (1, 8, 8, 4)
+  """
+  impl = impl or _depthwise_impl()
+  k = kernel.shape[0]
+  channels = x.shape[-1]
+  if impl == "native":
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=channels,
+    )
+  if impl != "shift":
+    raise ValueError(f"unknown depthwise impl {impl!r}; use 'shift' or 'native'")
+  n, h, w, _ = x.shape
+  h_out = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  w_out = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  taps = kernel[:, :, 0, :]
+  out = None
+  for i in range(k):
+    for j in range(k):
+      window = jax.lax.slice(
+          xp,
+          (0, i * dilation, j * dilation, 0),
+          (
+              n,
+              i * dilation + (h_out - 1) * stride + 1,
+              j * dilation + (w_out - 1) * stride + 1,
+              channels,
+          ),
+          (1, stride, stride, 1),
+      )
+      term = window * taps[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+def conv2d(
+    x: jax.Array, kernel: jax.Array, *, stride=1, padding=0, dilation=1
+) -> jax.Array:
+  """Dense 2-D convolution, NHWC input, HWIO kernel, symmetric zero padding.
+
+  ``stride``, ``padding`` and ``dilation`` are ints or (h, w) pairs.
+  """
+  stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
+  padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
+  dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+  return jax.lax.conv_general_dilated(
+      x,
+      kernel,
+      window_strides=stride,
+      padding=((padding[0], padding[0]), (padding[1], padding[1])),
+      rhs_dilation=dilation,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+
+
+def _pool_window(x, init, reducer, stride):
+  return jax.lax.reduce_window(
+      x,
+      init,
+      reducer,
+      window_dimensions=(1, 3, 3, 1),
+      window_strides=(1, stride, stride, 1),
+      padding=((0, 0), (1, 1), (1, 1), (0, 0)),
+  )
+
+
+def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
+  """3x3 max pooling with padding 1 (the padding never wins the max)."""
+  return _pool_window(x, -jnp.inf, jax.lax.max, stride)
+
+
+def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
+  """3x3 average pooling, padding 1, padded cells not counted.
+
+  This is PyTorch's ``AvgPool2d(3, stride, padding=1, count_include_pad=False)``,
+  as the DARTS reference uses.
+  """
+  total = _pool_window(x, 0.0, jax.lax.add, stride)
+  ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
+  count = _pool_window(ones, 0.0, jax.lax.add, stride)
+  return total / count
+
+
+class BatchNorm(nnx.BatchNorm):
+  """BatchNorm with PyTorch's defaults; ``affine=False`` drops scale and bias."""
+
+  def __init__(self, num_features: int, affine: bool = True, *, rngs: nnx.Rngs):
+    super().__init__(
+        num_features,
+        momentum=_BN_MOMENTUM,
+        epsilon=_BN_EPSILON,
+        use_bias=affine,
+        use_scale=affine,
+        rngs=rngs,
+    )
+
+
+class Conv(nnx.Module):
+  """Bias-free dense convolution with PyTorch's init, NHWC.
+
+  ``kernel_size``, ``stride`` and ``padding`` are ints or (h, w) pairs.
+  """
+
+  def __init__(
+      self,
+      in_channels: int,
+      out_channels: int,
+      kernel_size,
+      stride=1,
+      padding=0,
+      dilation=1,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    kh, kw = (
+        (kernel_size, kernel_size)
+        if isinstance(kernel_size, int)
+        else tuple(kernel_size)
+    )
+    self.stride = stride
+    self.padding = padding
+    self.dilation = dilation
+    self.kernel = nnx.Param(
+        torch_conv_init(rngs.params(), (kh, kw, in_channels, out_channels))
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return conv2d(
+        x,
+        self.kernel.value.astype(x.dtype),
+        stride=self.stride,
+        padding=self.padding,
+        dilation=self.dilation,
+    )
+
+
+class DepthwiseConv(nnx.Module):
+  """Bias-free depthwise convolution (one k x k filter per channel)."""
+
+  def __init__(
+      self,
+      channels: int,
+      kernel_size: int,
+      stride: int = 1,
+      padding: int = 0,
+      dilation: int = 1,
+      *,
+      rngs: nnx.Rngs,
+  ):
+    self.stride = stride
+    self.padding = padding
+    self.dilation = dilation
+    self.kernel = nnx.Param(
+        torch_conv_init(rngs.params(), (kernel_size, kernel_size, 1, channels))
+    )
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return depthwise_conv2d(
+        x,
+        self.kernel.value.astype(x.dtype),
+        stride=self.stride,
+        dilation=self.dilation,
+        padding=self.padding,
+    )
+
+
+class Sequential(nnx.Module):
+  """Applies its layers in order (callables without state are allowed)."""
+
+  def __init__(self, *layers):
+    self.layers = nnx.List(layers)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for layer in self.layers:
+      x = layer(x)
+    return x
+
+
+class ReLUConvBN(nnx.Module):
+  """ReLU, bias-free convolution, BatchNorm."""
+
+  def __init__(
+      self, C_in, C_out, kernel_size, stride, padding, affine=True, *, rngs
+  ):
+    self.conv = Conv(C_in, C_out, kernel_size, stride, padding, rngs=rngs)
+    self.bn = BatchNorm(C_out, affine, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.conv(jax.nn.relu(x)))
+
+
+class DilConv(nnx.Module):
+  """ReLU, dilated depthwise conv, pointwise conv, BatchNorm."""
+
+  def __init__(
+      self,
+      C_in,
+      C_out,
+      kernel_size,
+      stride,
+      padding,
+      dilation,
+      affine=True,
+      *,
+      rngs,
+  ):
+    self.depthwise = DepthwiseConv(
+        C_in, kernel_size, stride, padding, dilation, rngs=rngs
+    )
+    self.pointwise = Conv(C_in, C_out, 1, rngs=rngs)
+    self.bn = BatchNorm(C_out, affine, rngs=rngs)
+
+  def __call__(self, x):
+    return self.bn(self.pointwise(self.depthwise(jax.nn.relu(x))))
+
+
+class SepConv(nnx.Module):
+  """Separable convolution applied twice, as in DARTS and NASNet.
+
+  ReLU, depthwise (stride), pointwise, BN, ReLU, depthwise (stride 1),
+  pointwise, BN.
+  """
+
+  def __init__(
+      self, C_in, C_out, kernel_size, stride, padding, affine=True, *, rngs
+  ):
+    self.depthwise1 = DepthwiseConv(C_in, kernel_size, stride, padding, rngs=rngs)
+    self.pointwise1 = Conv(C_in, C_in, 1, rngs=rngs)
+    self.bn1 = BatchNorm(C_in, affine, rngs=rngs)
+    self.depthwise2 = DepthwiseConv(C_in, kernel_size, 1, padding, rngs=rngs)
+    self.pointwise2 = Conv(C_in, C_out, 1, rngs=rngs)
+    self.bn2 = BatchNorm(C_out, affine, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.bn1(self.pointwise1(self.depthwise1(jax.nn.relu(x))))
+    return self.bn2(self.pointwise2(self.depthwise2(jax.nn.relu(x))))
+
+
+class Identity(nnx.Module):
+  """Returns its input."""
+
+  def __call__(self, x):
+    return x
+
+
+class Zero(nnx.Module):
+  """The ``none`` op: zeros of the output shape (strided when stride > 1)."""
+
+  def __init__(self, stride: int = 1):
+    self.stride = stride
+
+  def __call__(self, x):
+    return jnp.zeros_like(x[:, :: self.stride, :: self.stride, :])
+
+
+class FactorizedReduce(nnx.Module):
+  """Stride-2 identity: two 1x1 stride-2 convs on offset grids, concatenated.
+
+  The second conv sees the input shifted by one pixel in H and W, so the two
+  halves sample complementary positions. For odd sizes the shifted input is
+  zero-padded at the bottom and right so both halves have the same shape.
+  """
+
+  def __init__(self, C_in, C_out, affine=True, *, rngs):
+    if C_out % 2:
+      raise ValueError(f"FactorizedReduce needs an even C_out, got {C_out}")
+    self.conv_1 = Conv(C_in, C_out // 2, 1, 2, rngs=rngs)
+    self.conv_2 = Conv(C_in, C_out // 2, 1, 2, rngs=rngs)
+    self.bn = BatchNorm(C_out, affine, rngs=rngs)
+
+  def __call__(self, x):
+    x = jax.nn.relu(x)
+    shifted = x[:, 1:, 1:, :]
+    pad_h = x.shape[1] % 2
+    pad_w = x.shape[2] % 2
+    if pad_h or pad_w:
+      shifted = jnp.pad(shifted, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    out = jnp.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+    return self.bn(out)
+
+
+class Pool(nnx.Module):
+  """3x3 max or average pooling, padding 1."""
+
+  def __init__(self, kind: str, stride: int = 1):
+    if kind not in ("max", "avg"):
+      raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+    self.kind = kind
+    self.stride = stride
+
+  def __call__(self, x):
+    fn = max_pool_3x3 if self.kind == "max" else avg_pool_3x3
+    return fn(x, self.stride)
+
+
+OpFactory = Callable[..., nnx.Module]
+OPS: dict[str, OpFactory] = {}
+
+
+def register_op(name: str) -> Callable[[OpFactory], OpFactory]:
+  """Registers ``factory(C, stride, affine, *, rngs) -> nnx.Module`` in ``OPS``.
+
+  Args:
+    name: the primitive's name, as used in ``PRIMITIVES`` lists and genotypes.
+
+  Returns:
+    A decorator that stores the factory and returns it unchanged.
+  """
+
+  def decorate(factory: OpFactory) -> OpFactory:
+    OPS[name] = factory
+    return factory
+
+  return decorate
+
+
+register_op("none")(lambda C, stride, affine, *, rngs: Zero(stride))
+register_op("max_pool_3x3")(lambda C, stride, affine, *, rngs: Pool("max", stride))
+register_op("avg_pool_3x3")(lambda C, stride, affine, *, rngs: Pool("avg", stride))
+register_op("skip_connect")(
+    lambda C, stride, affine, *, rngs: Identity()
+    if stride == 1
+    else FactorizedReduce(C, C, affine, rngs=rngs)
+)
+register_op("sep_conv_3x3")(
+    lambda C, stride, affine, *, rngs: SepConv(C, C, 3, stride, 1, affine, rngs=rngs)
+)
+register_op("sep_conv_5x5")(
+    lambda C, stride, affine, *, rngs: SepConv(C, C, 5, stride, 2, affine, rngs=rngs)
+)
+register_op("sep_conv_7x7")(
+    lambda C, stride, affine, *, rngs: SepConv(C, C, 7, stride, 3, affine, rngs=rngs)
+)
+register_op("dil_conv_3x3")(
+    lambda C, stride, affine, *, rngs: DilConv(
+        C, C, 3, stride, 2, 2, affine, rngs=rngs
+    )
+)
+register_op("dil_conv_5x5")(
+    lambda C, stride, affine, *, rngs: DilConv(
+        C, C, 5, stride, 4, 2, affine, rngs=rngs
+    )
+)
+register_op("conv_7x1_1x7")(
+    lambda C, stride, affine, *, rngs: Sequential(
+        jax.nn.relu,
+        Conv(C, C, (1, 7), (1, stride), (0, 3), rngs=rngs),
+        Conv(C, C, (7, 1), (stride, 1), (3, 0), rngs=rngs),
+        BatchNorm(C, affine, rngs=rngs),
+    )
+)
