@@ -15,4 +15,3 @@ jax.config.update(
     "jax_persistent_cache_min_compile_time_secs",
     float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
 )
-jax.config.update("jax_numpy_rank_promotion", "raise")
