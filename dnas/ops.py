@@ -207,18 +207,68 @@ def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
   return total / count
 
 
-class BatchNorm(nnx.BatchNorm):
-  """BatchNorm with PyTorch's defaults; ``affine=False`` drops scale and bias."""
+class BatchNorm(nnx.Module):
+  """BatchNorm over N, H, W with PyTorch's conventions; NHWC.
+
+  In training mode it normalises with the batch's biased variance and updates
+  running statistics with momentum 0.1 and the unbiased variance, as
+  ``torch.nn.BatchNorm2d`` does; in eval mode (``use_running_average=True``,
+  set by ``model.eval()``) it uses the running statistics. ``affine=False``
+  drops the learnable scale and bias (the DARTS search network). Statistics
+  are computed in float32 whatever the input dtype. Under ``jit`` with a
+  batch sharded over devices the mean is global: the compiler inserts the
+  reduction, so the result does not depend on the device count.
+
+  Running statistics are written with ``Variable.set_value``: flax's own
+  BatchNorm writes them with ``var[...] = ...``, which makes tracing time grow
+  quadratically with network size (about 100 s for the DARTS_V2 network).
+
+  Args:
+    num_features: channels (the last axis).
+    affine: learn a per-channel scale and bias.
+    rngs: unused (BatchNorm has no random init); accepted for a uniform API.
+  """
 
   def __init__(self, num_features: int, affine: bool = True, *, rngs: nnx.Rngs):
-    super().__init__(
-        num_features,
-        momentum=_BN_MOMENTUM,
-        epsilon=_BN_EPSILON,
-        use_bias=affine,
-        use_scale=affine,
-        rngs=rngs,
-    )
+    del rngs
+    self.num_features = num_features
+    self.use_running_average = False
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    if affine:
+      self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+      self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    else:
+      self.scale = None
+      self.bias = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.use_running_average:
+      mean, var = self.mean.get_value(), self.var.get_value()
+    else:
+      x32 = x.astype(jnp.float32)
+      mean = jnp.mean(x32, axis=(0, 1, 2))
+      var = jnp.mean(jnp.square(x32), axis=(0, 1, 2)) - jnp.square(mean)
+      var = jnp.maximum(var, 0.0)
+      count = x.shape[0] * x.shape[1] * x.shape[2]
+      unbiased = var * (count / max(count - 1, 1))
+      self.mean.set_value(
+          jax.lax.stop_gradient(
+              _BN_MOMENTUM * self.mean.get_value() + (1 - _BN_MOMENTUM) * mean
+          )
+      )
+      self.var.set_value(
+          jax.lax.stop_gradient(
+              _BN_MOMENTUM * self.var.get_value() + (1 - _BN_MOMENTUM) * unbiased
+          )
+      )
+    inv = jax.lax.rsqrt(var + _BN_EPSILON)
+    if self.scale is not None:
+      inv = inv * self.scale.get_value()
+    shift = -mean * inv
+    if self.bias is not None:
+      shift = shift + self.bias.get_value()
+    return (x * inv.astype(x.dtype) + shift.astype(x.dtype)).astype(x.dtype)
 
 
 class Conv(nnx.Module):
@@ -253,7 +303,7 @@ class Conv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     return conv2d(
         x,
-        self.kernel.value.astype(x.dtype),
+        self.kernel.get_value().astype(x.dtype),
         stride=self.stride,
         padding=self.padding,
         dilation=self.dilation,
@@ -283,7 +333,7 @@ class DepthwiseConv(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     return depthwise_conv2d(
         x,
-        self.kernel.value.astype(x.dtype),
+        self.kernel.get_value().astype(x.dtype),
         stride=self.stride,
         dilation=self.dilation,
         padding=self.padding,
