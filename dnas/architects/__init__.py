@@ -1,0 +1,1 @@
+"""Bilevel optimisers (architects), chosen by name from ``STRATEGIES``."""

@@ -1,0 +1,232 @@
+"""The ``dnas`` command line: the only place that parses arguments.
+
+Every subcommand is a thin wrapper over a library function. A bad input is
+reported as one line on stderr (``dnas: error: ...``) with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from dnas.errors import UserError
+
+__all__ = ["main"]
+
+
+def _summary(args) -> dict:
+  from flax import nnx
+
+  from dnas import genotype as genotype_lib
+  from dnas import network
+  from dnas import summary
+
+  if args.supernet == bool(args.genotype):
+    raise UserError("give exactly one of --genotype NAME|FILE.json or --supernet")
+  if args.supernet:
+    from dnas import supernet as supernet_lib
+    from dnas import variables
+
+    in_channels = args.in_channels or 3
+    image_size = args.image_size or 32
+    model = supernet_lib.Supernet(
+        in_channels=in_channels,
+        num_classes=args.classes or 10,
+        C=args.init_channels or 16,
+        layers=args.layers or 8,
+        rngs=nnx.Rngs(0),
+    )
+    model.eval()
+    params = summary.count_params(model)
+    arch = sum(
+        int(v.size) for v in __import__("jax").tree.leaves(
+            nnx.state(model, variables.ArchParam)
+        )
+    )
+    return {
+        "model": "supernet",
+        "init_channels": args.init_channels or 16,
+        "layers": args.layers or 8,
+        "classes": args.classes or 10,
+        "image_size": image_size,
+        "params": params,
+        "params_with_aux": params,
+        "arch_params": arch,
+        "macs": summary.count_macs(model, (1, image_size, image_size, in_channels)),
+    }
+  geno = genotype_lib.resolve(args.genotype)
+  overrides = {}
+  if args.init_channels:
+    overrides["C"] = args.init_channels
+  if args.layers:
+    overrides["layers"] = args.layers
+  if args.classes:
+    overrides["num_classes"] = args.classes
+  if args.in_channels:
+    overrides["in_channels"] = args.in_channels
+  if args.image_size:
+    overrides["image_size"] = args.image_size
+  model = network.build_network(
+      geno, args.dataset, rngs=nnx.Rngs(0), **overrides
+  )
+  _, defaults = network.DATASETS[args.dataset]
+  config = {**defaults, **overrides}
+  size = config["image_size"]
+  return {
+      "model": type(model).__name__,
+      "genotype": args.genotype,
+      "dataset": args.dataset,
+      "init_channels": config["C"],
+      "layers": config["layers"],
+      "classes": config["num_classes"],
+      "image_size": size,
+      "params": summary.count_params(model),
+      "params_with_aux": summary.count_params(model, exclude_auxiliary=False),
+      "macs": summary.count_macs(model, (1, size, size, config["in_channels"])),
+  }
+
+
+def _cmd_summary(args) -> int:
+  result = _summary(args)
+  if args.json:
+    print(json.dumps(result))
+  else:
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+      if isinstance(value, int) and key in ("params", "params_with_aux", "macs", "arch_params"):
+        value = f"{value:,}"
+      print(f"{key:<{width}}  {value}")
+  return 0
+
+
+def _cmd_derive(args) -> int:
+  from dnas import genotype as genotype_lib
+
+  normal, reduce = genotype_lib.load_alphas(args.alphas)
+  geno = genotype_lib.derive(normal, reduce)
+  if args.out:
+    geno.save(args.out)
+  print(geno.to_json() if args.json or not sys.stdout.isatty() else str(geno))
+  return 0
+
+
+def _cmd_search(args) -> int:
+  from dnas import config as config_lib
+  from dnas import search
+
+  config = config_lib.load_config(args.config, config_lib.SearchConfig, tiny=args.tiny)
+  overrides = list(args.overrides)
+  if args.strategy:
+    overrides.append(f"strategy={args.strategy}")
+  config = config_lib.apply_overrides(config, overrides)
+  result = search.run_search(config, args.workdir, progress=not args.no_progress)
+  print("genotype:")
+  print(result.genotype)
+  metrics = result.metrics
+  if metrics:
+    print(
+        f"search accuracy: train {metrics.get('train_acc', float('nan')):.3f},"
+        f" validation {metrics.get('val_acc_eval', metrics.get('val_acc', float('nan'))):.3f}"
+    )
+  print(f"wrote {os.path.join(result.workdir, 'genotype.json')} and"
+        f" {os.path.join(result.workdir, 'alphas.npz')}")
+  return 0
+
+
+_OVERRIDES_HELP = (
+    "config overrides as key=value, e.g. epochs=10 batch_size=32"
+    " hypergradient=second_order dataset=cifar10 primitives=none,skip_connect,sep_conv_3x3;"
+    " every field of the config dataclass can be set (see dnas/config.py)"
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="dnas",
+      description="Differentiable neural architecture search in JAX.",
+  )
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  p = sub.add_parser(
+      "summary",
+      help="parameter and multiply-add counts of a final network or the supernet",
+      description=(
+          "Counts trainable parameters (auxiliary head excluded, as in the"
+          " DARTS paper; params_with_aux includes it) and forward multiply-adds"
+          " per image of a final network built from a genotype, or of the"
+          " search supernet."
+      ),
+  )
+  p.add_argument("--genotype", help="zoo name (e.g. DARTS_V2) or a genotype JSON file")
+  p.add_argument("--supernet", action="store_true", help="summarise the search supernet")
+  p.add_argument(
+      "--dataset",
+      default="cifar10",
+      help="dataset defaults for the final network: cifar10, cifar100, imagenet, digits, ...",
+  )
+  p.add_argument("--init-channels", type=int, help="C (cifar: 36, imagenet: 48, supernet: 16)")
+  p.add_argument("--layers", type=int, help="cells (cifar: 20, imagenet: 14, supernet: 8)")
+  p.add_argument("--classes", type=int, help="number of classes")
+  p.add_argument("--in-channels", type=int, help="image channels")
+  p.add_argument("--image-size", type=int, help="image height and width")
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  p.set_defaults(func=_cmd_summary)
+
+  p = sub.add_parser(
+      "derive",
+      help="derive a genotype from raw alphas (the DARTS rule)",
+      description=(
+          "Reads FILE.npz with arrays 'normal' and 'reduce' of raw logits,"
+          " shape (14, 8) in PRIMITIVES order, and prints the genotype."
+      ),
+  )
+  p.add_argument("--alphas", required=True, help="npz file with arrays normal and reduce")
+  p.add_argument("--out", help="also write the genotype JSON here")
+  p.add_argument("--json", action="store_true", help="print JSON (default when piped)")
+  p.set_defaults(func=_cmd_derive)
+
+  p = sub.add_parser(
+      "search",
+      help="run an architecture search (DARTS by default)",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description=(
+          "Runs a search and writes genotype.json, alphas.npz, metrics and"
+          " checkpoints into --workdir. With no --config it searches the\n"
+          "embedded digits data with a small supernet (a few minutes on a CPU).\n"
+          "Running again on the same workdir resumes from its last checkpoint;\n"
+          "a finished run is not redone.\n\n"
+          "Configs are Python files (experiments/*.py) with get_config(tiny=False);\n"
+          "--tiny asks for the small CPU variant. Override any field as key=value:\n"
+          "  dnas search --config experiments/darts_cifar10_search_second_order.py \\\n"
+          "      epochs=10 batch_size=32 --workdir runs/short"
+      ),
+  )
+  p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+  p.add_argument("--config", help="experiment file defining get_config(tiny=False)")
+  p.add_argument("--tiny", action="store_true", help="use the config's small CPU variant")
+  p.add_argument("--strategy", help="darts or enas (same as strategy=...)")
+  p.add_argument("--workdir", required=True, help="output directory (resumed if it holds a checkpoint)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.set_defaults(func=_cmd_search)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Entry point of the ``dnas`` console script."""
+  parser = _build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return args.func(args)
+  except UserError as error:
+    message = " ".join(str(error).split("\n"))
+    print(f"dnas: error: {message}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("dnas: interrupted", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())
