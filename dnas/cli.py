@@ -135,6 +135,41 @@ def _cmd_search(args) -> int:
   return 0
 
 
+def _cmd_train(args) -> int:
+  from dnas import config as config_lib
+  from dnas import train
+
+  config = config_lib.load_config(args.config, config_lib.TrainConfig, tiny=args.tiny)
+  config = config_lib.apply_overrides(config, list(args.overrides))
+  result = train.run_train(config, args.workdir, args.genotype, progress=not args.no_progress)
+  print(f"test accuracy: {result.test_acc:.4f}")
+  print(f"wrote {os.path.join(result.workdir, 'result.json')}")
+  return 0
+
+
+def _cmd_plot(args) -> int:
+  from dnas import plot
+
+  if bool(args.genotype) == bool(args.run):
+    raise UserError("give exactly one of --genotype NAME|FILE.json or --run DIR")
+  if args.genotype:
+    from dnas import genotype as genotype_lib
+
+    path = plot.plot_genotype(genotype_lib.resolve(args.genotype), args.out, title=args.genotype)
+  else:
+    path = plot.plot_alphas(args.run, args.out)
+  print(f"wrote {path}")
+  return 0
+
+
+def _cmd_prepare(args) -> int:
+  from dnas import data
+
+  where = data.prepare(args.name, os.path.expanduser(args.data_dir))
+  print(f"prepared {args.name} in {where}")
+  return 0
+
+
 _OVERRIDES_HELP = (
     "config overrides as key=value, e.g. epochs=10 batch_size=32"
     " hypergradient=second_order dataset=cifar10 primitives=none,skip_connect,sep_conv_3x3;"
@@ -210,6 +245,39 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True, help="output directory (resumed if it holds a checkpoint)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   p.set_defaults(func=_cmd_search)
+
+  p = sub.add_parser(
+      "train",
+      help="train the final network of a genotype (DARTS evaluation recipe)",
+      description=(
+          "Trains the standalone network built from a genotype and reports its"
+          " test accuracy. With no --config it trains on the embedded digits."
+      ),
+  )
+  p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+  p.add_argument("--genotype", required=True, help="zoo name (e.g. DARTS_V2) or a genotype JSON file")
+  p.add_argument("--config", help="experiment file defining get_config(tiny=False)")
+  p.add_argument("--tiny", action="store_true", help="use the config's small CPU variant")
+  p.add_argument("--workdir", required=True, help="output directory (resumed if it holds a checkpoint)")
+  p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  p.set_defaults(func=_cmd_train)
+
+  p = sub.add_parser(
+      "plot",
+      help="draw a genotype's cells, or a search's alphas over epochs",
+  )
+  p.add_argument("--genotype", help="zoo name or genotype JSON file: draw its normal and reduction cells")
+  p.add_argument("--run", help="a search workdir: plot softmax(alpha) over epochs")
+  p.add_argument("--out", required=True, help="output image: .png, .svg or .pdf")
+  p.set_defaults(func=_cmd_plot)
+
+  p = sub.add_parser(
+      "prepare",
+      help="download and prepare CIFAR-10/100 as TFDS ArrayRecord files (no TensorFlow)",
+  )
+  p.add_argument("name", help="cifar10 or cifar100")
+  p.add_argument("--data-dir", default="~/tensorflow_datasets", help="TFDS data directory")
+  p.set_defaults(func=_cmd_prepare)
   return parser
 
 

@@ -91,6 +91,7 @@ class Darts:
   graphdef: Any
   config: Any
   steps_per_epoch: int
+  fd_radius: float = 0.01  # eq. 8's epsilon = fd_radius / ||grad_w' L_val||
 
   def __post_init__(self):
     if self.config.hypergradient not in HYPERGRADIENTS:
@@ -209,7 +210,7 @@ class Darts:
     (val_loss, (new_rest, logits)), (dw, da) = jax.value_and_grad(
         self.loss, argnums=(0, 1), has_aux=True
     )(virtual, state.alphas, state.rest, xv, yv)
-    eps = 0.01 / jnp.sqrt(_tree_dot(dw, dw))
+    eps = self.fd_radius / jnp.sqrt(_tree_dot(dw, dw))
     plus = jax.tree.map(lambda w, d: w + eps * d, state.weights, dw)
     minus = jax.tree.map(lambda w, d: w - eps * d, state.weights, dw)
     grad_alpha_train = jax.grad(self.loss, argnums=1, has_aux=True)
