@@ -1,0 +1,95 @@
+"""The command line: published counts, derive, and one-line errors with exit 2."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dnas import genotype as genotype_lib
+
+
+def _dnas(*args):
+  return subprocess.run(
+      [sys.executable, "-m", "dnas.cli", *args], capture_output=True, text=True, timeout=600
+  )
+
+
+def test_summary_darts_v2_cifar10_matches_the_reference_count():
+  proc = _dnas("summary", "--genotype", "DARTS_V2", "--dataset", "cifar10", "--json")
+  assert proc.returncode == 0, proc.stderr
+  result = json.loads(proc.stdout)
+  assert result["params"] == 3349342  # quark0/darts count behind the paper's 3.3M
+  assert abs(result["macs"] - 528e6) / 528e6 < 0.02
+  assert result["params_with_aux"] > result["params"]
+
+
+def test_derive_prints_the_darts_rule_genotype(tmp_path):
+  rng = np.random.default_rng(0)
+  normal, reduce = rng.normal(size=(14, 8)), rng.normal(size=(14, 8))
+  np.savez(tmp_path / "alphas.npz", normal=normal, reduce=reduce)
+  proc = _dnas("derive", "--alphas", str(tmp_path / "alphas.npz"), "--json")
+  assert proc.returncode == 0, proc.stderr
+  assert genotype_lib.from_json(proc.stdout) == genotype_lib.derive(normal, reduce)
+
+
+def _write_bad_alphas(tmp_path, kind):
+  path = tmp_path / "alphas.npz"
+  if kind == "wrong-shape":
+    np.savez(path, normal=np.zeros((14, 7)), reduce=np.zeros((14, 7)))
+  elif kind == "nan":
+    normal = np.zeros((14, 8))
+    normal[3, 2] = np.nan
+    np.savez(path, normal=normal, reduce=np.zeros((14, 8)))
+  elif kind == "missing-array":
+    np.savez(path, normal=np.zeros((14, 8)))
+  elif kind == "not-npz":
+    path.write_text("hello")
+  return path
+
+
+def _write_bad_genotype(tmp_path, kind):
+  good = genotype_lib.from_zoo("DARTS_V2").to_dict()
+  path = tmp_path / "g.json"
+  if kind == "unknown-op":
+    good["normal"][0][0] = "conv_9x9"
+  elif kind == "bad-input-index":
+    good["normal"][0][1] = 7
+  elif kind == "wrong-edge-count":
+    good["normal"] = good["normal"][:-1]
+  if kind == "malformed":
+    path.write_text("{not json")
+  else:
+    path.write_text(json.dumps(good))
+  return path
+
+
+@pytest.mark.parametrize("kind", ["wrong-shape", "nan", "missing-array", "not-npz"])
+def test_derive_bad_alphas_is_one_line_exit_2(tmp_path, kind):
+  proc = _dnas("derive", "--alphas", str(_write_bad_alphas(tmp_path, kind)))
+  assert proc.returncode == 2
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert proc.stderr.startswith("dnas: error: ")
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["unknown-op", "bad-input-index", "wrong-edge-count", "malformed"])
+def test_bad_genotype_file_is_one_line_exit_2(tmp_path, kind):
+  proc = _dnas("plot", "--genotype", str(_write_bad_genotype(tmp_path, kind)),
+               "--out", str(tmp_path / "cell.png"))
+  assert proc.returncode == 2
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert not (tmp_path / "cell.png").exists()
+
+
+def test_unknown_genotype_name_lists_known_ones(tmp_path):
+  proc = _dnas("plot", "--genotype", "DARTS_V9", "--out", str(tmp_path / "cell.png"))
+  assert proc.returncode == 2
+  assert "DARTS_V2" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_plot_writes_an_image(tmp_path):
+  proc = _dnas("plot", "--genotype", "DARTS_V2", "--out", str(tmp_path / "cell.png"))
+  assert proc.returncode == 0, proc.stderr
+  assert (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
