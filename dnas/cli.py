@@ -112,9 +112,31 @@ def _cmd_derive(args) -> int:
   return 0
 
 
+def _init_distributed(args) -> None:
+  from dnas import distributed
+
+  distributed.initialize(
+      coordinator=args.coordinator,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+  )
+
+
+def _add_distributed_flags(p) -> None:
+  group = p.add_argument_group(
+      "multi-host (or set DNAS_COORDINATOR, DNAS_NUM_PROCESSES, DNAS_PROCESS_ID;"
+      " DNAS_DISTRIBUTED=auto on TPU pods and SLURM)"
+  )
+  group.add_argument("--coordinator", help="host:port of process 0")
+  group.add_argument("--num-processes", type=int, help="number of processes in the run")
+  group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
+
+
 def _cmd_search(args) -> int:
   from dnas import config as config_lib
   from dnas import search
+
+  _init_distributed(args)
 
   config = config_lib.load_config(args.config, config_lib.SearchConfig, tiny=args.tiny)
   overrides = list(args.overrides)
@@ -122,6 +144,10 @@ def _cmd_search(args) -> int:
     overrides.append(f"strategy={args.strategy}")
   config = config_lib.apply_overrides(config, overrides)
   result = search.run_search(config, args.workdir, progress=not args.no_progress)
+  from dnas import distributed
+
+  if not distributed.is_main_process():
+    return 0
   print("genotype:")
   print(result.genotype)
   metrics = result.metrics
@@ -138,6 +164,8 @@ def _cmd_search(args) -> int:
 def _cmd_train(args) -> int:
   from dnas import config as config_lib
   from dnas import train
+
+  _init_distributed(args)
 
   config = config_lib.load_config(args.config, config_lib.TrainConfig, tiny=args.tiny)
   config = config_lib.apply_overrides(config, list(args.overrides))
@@ -244,6 +272,7 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument("--strategy", help="darts or enas (same as strategy=...)")
   p.add_argument("--workdir", required=True, help="output directory (resumed if it holds a checkpoint)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  _add_distributed_flags(p)
   p.set_defaults(func=_cmd_search)
 
   p = sub.add_parser(
@@ -260,6 +289,7 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument("--tiny", action="store_true", help="use the config's small CPU variant")
   p.add_argument("--workdir", required=True, help="output directory (resumed if it holds a checkpoint)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
+  _add_distributed_flags(p)
   p.set_defaults(func=_cmd_train)
 
   p = sub.add_parser(

@@ -159,7 +159,8 @@ def check_run_config(workdir: str, config_dict: dict[str, Any], what: str) -> No
 class MetricsLog:
   """Per-epoch metrics as JSON lines plus TensorBoard scalars."""
 
-  def __init__(self, workdir: str, *, keep_through_epoch: int | None):
+  def __init__(self, workdir: str, *, keep_through_epoch: int | None, enabled: bool = True):
+    self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     records = []
     if os.path.exists(self.path):
@@ -176,16 +177,19 @@ class MetricsLog:
     # Lines written after the last checkpoint describe work that will be redone.
     limit = -1 if keep_through_epoch is None else keep_through_epoch
     self.records = [r for r in records if r.get("epoch", -1) <= limit]
-    tmp = f"{self.path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-      for r in self.records:
-        f.write(json.dumps(r) + "\n")
-    os.replace(tmp, self.path)
+    if enabled:
+      tmp = f"{self.path}.tmp-{os.getpid()}"
+      with open(tmp, "w") as f:
+        for r in self.records:
+          f.write(json.dumps(r) + "\n")
+      os.replace(tmp, self.path)
     self._tb = None
     self._tb_dir = os.path.join(workdir, "tb")
 
   def write(self, record: dict[str, Any], step: int) -> None:
     self.records.append(record)
+    if not self.enabled:
+      return
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
       f.flush()
@@ -252,6 +256,10 @@ def run_search(
   return _run_darts(config, workdir, progress=progress, log=log)
 
 
+def _silent(*args, **kwargs):
+  del args, kwargs
+
+
 def _largest_divisor_at_most(n: int, k: int) -> int:
   return max(d for d in range(1, min(n, k) + 1) if n % d == 0)
 
@@ -273,8 +281,12 @@ def make_preprocess(config, mean, std):
   return preprocess
 
 
-def make_evaluate(predict, config, mean, std, batch_size: int):
-  """A jitted eval-mode accuracy over a whole array split (padded batches)."""
+def make_evaluate(predict, config, mean, std, batch_size: int, mesh=None):
+  """A jitted eval-mode accuracy over a whole array split (padded batches).
+
+  With a ``mesh`` the batches are placed on all its devices first (needed in
+  multi-process runs, where plain host arrays are not global arrays).
+  """
   import jax
   import jax.numpy as jnp
 
@@ -296,7 +308,12 @@ def make_evaluate(predict, config, mean, std, batch_size: int):
       idx = np.arange(start, start + batch_size)
       mask = idx < n
       idx = np.minimum(idx, n - 1)
-      correct += int(batch_correct(state, images[idx], labels[idx], mask))
+      inputs = (images[idx], labels[idx], mask)
+      if mesh is not None:
+        from dnas import distributed
+
+        inputs = distributed.put_replicated(inputs, mesh)
+      correct += int(batch_correct(state, *inputs))
     return correct / max(n, 1)
 
   return evaluate
@@ -315,10 +332,15 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
 
   from dnas import checkpointing
   from dnas import data as data_lib
+  from dnas import distributed
   from dnas import genotype as genotype_lib
   from dnas import supernet as supernet_lib
   from dnas.architects import darts
 
+  main = distributed.is_main_process()
+  if not main:
+    progress = False
+    log = _silent
   workdir = prepare_workdir(workdir)
   config_dict = config_lib.to_dict(config)
   done = finished_result(workdir)
@@ -333,12 +355,15 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
         workdir=workdir,
         metrics=done.get("metrics", {}),
     )
-  check_run_config(workdir, config_dict, "search")
+  if main:
+    check_run_config(workdir, config_dict, "search")
   _set_depthwise(config)
 
   train = data_lib.load(config.dataset, "train", data_dir=config.data_dir)
   weights_half, alphas_half = data_lib.search_split(train, config.train_portion)
   batch = config.batch_size
+  mesh = distributed.data_mesh()
+  distributed.check_batch(batch, mesh)
   n_train, n_val = len(weights_half.labels), len(alphas_half.labels)
   if min(n_train, n_val) < batch:
     raise UserError(
@@ -379,15 +404,19 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
   last_epoch = None
   if resumed_from is not None:
     state, meta = ckpt.restore(resumed_from, template=state)
-    state = jax.tree.map(jnp.asarray, state)
     last_epoch = int(meta["epoch"])
     start_epoch = last_epoch + 1
     log(f"resuming {workdir} from step {resumed_from} (epoch {start_epoch + 1} of {config.epochs})")
-  metrics_log = MetricsLog(workdir, keep_through_epoch=last_epoch)
+  metrics_log = MetricsLog(workdir, keep_through_epoch=last_epoch, enabled=main)
 
-  train_images, train_labels = jnp.asarray(weights_half.images), jnp.asarray(weights_half.labels)
-  val_images, val_labels = jnp.asarray(alphas_half.images), jnp.asarray(alphas_half.labels)
+  state = distributed.put_replicated(state, mesh)
+  base_key = distributed.put_replicated(base_key, mesh)
+  train_images, train_labels, val_images, val_labels = distributed.put_replicated(
+      (weights_half.images, weights_half.labels, alphas_half.images, alphas_half.labels),
+      mesh,
+  )
   preprocess = make_preprocess(config, weights_half.mean, weights_half.std)
+  batch_sharding = distributed.batch_sharded(mesh)
   traces = {"chunk": 0}
 
   def chunk(state, key, train_images, train_labels, val_images, val_labels, idx_t, idx_v):
@@ -396,8 +425,9 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
     def body(state, idx):
       it, iv = idx
       kt, kv = jax.random.split(jax.random.fold_in(key, state.step))
-      xt, yt = preprocess(train_images[it], kt), train_labels[it]
-      xv, yv = preprocess(val_images[iv], kv), val_labels[iv]
+      shard = lambda x: jax.lax.with_sharding_constraint(x, batch_sharding)
+      xt, yt = shard(preprocess(train_images[it], kt)), shard(train_labels[it])
+      xv, yv = shard(preprocess(val_images[iv], kv)), shard(val_labels[iv])
       return architect.step(state, (xt, yt), (xv, yv))
 
     return jax.lax.scan(body, state, (idx_t, idx_v))
@@ -409,6 +439,7 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
       weights_half.mean,
       weights_half.std,
       batch,
+      mesh,
   )
   compiled = None
   compile_s = 0.0
@@ -435,8 +466,8 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
       sums: dict[str, float] = {}
       epoch_start = time.time()
       for c in range(spe // k):
-        args = (state, base_key, train_images, train_labels, val_images, val_labels,
-                jnp.asarray(idx_t[c]), jnp.asarray(idx_v[c]))
+        idx = distributed.put_replicated((idx_t[c], idx_v[c]), mesh)
+        args = (state, base_key, train_images, train_labels, val_images, val_labels, *idx)
         if compiled is None:
           t0 = time.time()
           bar.set_postfix_str("compiling the search step ...")
@@ -485,13 +516,14 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
       }
       metrics_log.write(record, int(state.step))
       history.append((epoch, record["alphas_normal"], record["alphas_reduce"]))
-      _save_npz_atomic(
-          os.path.join(workdir, "alphas_history.npz"),
-          epochs=np.array([h[0] for h in history]),
-          normal=np.array([h[1] for h in history], np.float32),
-          reduce=np.array([h[2] for h in history], np.float32),
-          primitives=np.array(config.primitives),
-      )
+      if main:
+        _save_npz_atomic(
+            os.path.join(workdir, "alphas_history.npz"),
+            epochs=np.array([h[0] for h in history]),
+            normal=np.array([h[1] for h in history], np.float32),
+            reduce=np.array([h[2] for h in history], np.float32),
+            primitives=np.array(config.primitives),
+        )
       bar.write(
           f"epoch {epoch + 1}/{config.epochs}: train_acc {record['train_acc']:.3f}"
           f" val_acc {record['val_acc_eval']:.3f} genotype"
@@ -508,24 +540,27 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
       normal, reduce, primitives=config.primitives, steps=config.steps,
       multiplier=config.multiplier,
   )
-  _save_npz_atomic(os.path.join(workdir, "alphas.npz"), normal=normal, reduce=reduce)
-  geno.save(os.path.join(workdir, "genotype.json"))
   final_metrics = {k: v for k, v in record.items() if not k.startswith("alphas")}
   if not final_metrics and metrics_log.records:
     final_metrics = {k: v for k, v in metrics_log.records[-1].items() if not k.startswith("alphas")}
-  _write_json_atomic(
-      os.path.join(workdir, "result.json"),
-      {
-          "config": config_dict,
-          "genotype": geno.to_dict(),
-          "metrics": final_metrics,
-          "steps": int(state.step),
-          "compile_s": compile_s,
-          "traces": traces["chunk"],
-          "wall_s": time.time() - started,
-          "resumed_from": resumed_from,
-      },
-  )
+  if main:
+    _save_npz_atomic(os.path.join(workdir, "alphas.npz"), normal=normal, reduce=reduce)
+    geno.save(os.path.join(workdir, "genotype.json"))
+    _write_json_atomic(
+        os.path.join(workdir, "result.json"),
+        {
+            "config": config_dict,
+            "genotype": geno.to_dict(),
+            "metrics": final_metrics,
+            "steps": int(state.step),
+            "compile_s": compile_s,
+            "traces": traces["chunk"],
+            "wall_s": time.time() - started,
+            "resumed_from": resumed_from,
+            "devices": int(mesh.devices.size),
+            "processes": jax.process_count(),
+        },
+    )
   ckpt.close()
   return SearchResult(
       genotype=geno,
