@@ -246,7 +246,7 @@ class BatchNorm(nnx.Module):
     if self.use_running_average:
       mean, var = self.mean.get_value(), self.var.get_value()
     else:
-      x32 = x.astype(jnp.float32)
+      x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       mean = jnp.mean(x32, axis=(0, 1, 2))
       var = jnp.mean(jnp.square(x32), axis=(0, 1, 2)) - jnp.square(mean)
       var = jnp.maximum(var, 0.0)

@@ -147,7 +147,7 @@ class Supernet(nnx.Module):
       weights = weights_reduce if cell.reduction else weights_normal
       s0, s1 = s1, cell(s0, s1, weights)
     pooled = jnp.mean(s1, axis=(1, 2))
-    return self.classifier(pooled.astype(jnp.float32))
+    return self.classifier(pooled.astype(jnp.promote_types(pooled.dtype, jnp.float32)))
 
 
 def split(model: nnx.Module):
