@@ -161,20 +161,6 @@ def _cmd_search(args) -> int:
   return 0
 
 
-def _cmd_train(args) -> int:
-  from dnas import config as config_lib
-  from dnas import train
-
-  _init_distributed(args)
-
-  config = config_lib.load_config(args.config, config_lib.TrainConfig, tiny=args.tiny)
-  config = config_lib.apply_overrides(config, list(args.overrides))
-  result = train.run_train(config, args.workdir, args.genotype, progress=not args.no_progress)
-  print(f"test accuracy: {result.test_acc:.4f}")
-  print(f"wrote {os.path.join(result.workdir, 'result.json')}")
-  return 0
-
-
 def _cmd_plot(args) -> int:
   from dnas import plot
 
@@ -274,23 +260,6 @@ def _build_parser() -> argparse.ArgumentParser:
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   _add_distributed_flags(p)
   p.set_defaults(func=_cmd_search)
-
-  p = sub.add_parser(
-      "train",
-      help="train the final network of a genotype (DARTS evaluation recipe)",
-      description=(
-          "Trains the standalone network built from a genotype and reports its"
-          " test accuracy. With no --config it trains on the embedded digits."
-      ),
-  )
-  p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
-  p.add_argument("--genotype", required=True, help="zoo name (e.g. DARTS_V2) or a genotype JSON file")
-  p.add_argument("--config", help="experiment file defining get_config(tiny=False)")
-  p.add_argument("--tiny", action="store_true", help="use the config's small CPU variant")
-  p.add_argument("--workdir", required=True, help="output directory (resumed if it holds a checkpoint)")
-  p.add_argument("--no-progress", action="store_true", help="no progress bar")
-  _add_distributed_flags(p)
-  p.set_defaults(func=_cmd_train)
 
   p = sub.add_parser(
       "plot",
