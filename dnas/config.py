@@ -125,7 +125,7 @@ class TrainConfig:
   are filled from the dataset by ``dnas.train.resolve_config``: 600 epochs,
   36 channels, 20 cells, pad-4 crop and flips on 32-pixel images (CIFAR); on
   the embedded 8x8 digits the network is 16 channels and 8 cells, trained for
-  30 epochs, with the crop and cutout scaled to the image size and no flips
+  15 epochs, with the crop and cutout scaled to the image size and no flips
   (a flipped digit is another glyph). ``experiments/`` sets every field
   explicitly for the published runs.
   """

@@ -84,7 +84,7 @@ def resolve_config(config: config_lib.TrainConfig, *, dataset: str, image_size: 
 
   Network size comes from ``network.DATASETS`` (36 channels and 20 cells for
   CIFAR, 48 and 14 for ImageNet, 16 and 8 for digits and MNIST). Epochs: 600
-  (CIFAR, the paper), 250 (ImageNet), 30 for the embedded digits. The crop
+  (CIFAR, the paper), 250 (ImageNet), 15 for the embedded digits. The crop
   padding (4 px) and cutout (16 px) are the paper's on 32-pixel images and
   scale with the image size (1 and 4 px on 8x8 digits); flips are on except
   for digit datasets.
@@ -104,7 +104,7 @@ def resolve_config(config: config_lib.TrainConfig, *, dataset: str, image_size: 
   if dataset == "imagenet":
     epochs, crop, cutout = 250, 0, 0
   else:
-    epochs = 30 if dataset == "digits" else 600
+    epochs = 15 if dataset == "digits" else 600
     crop, cutout = round(4 * scale), round(16 * scale)
   updates = dict(
       init_channels=net_defaults["C"],
