@@ -85,3 +85,59 @@ class Cell(nnx.Module):
       offset += len(states)
       states.append(node)
     return jnp.concatenate(states[-self.multiplier :], axis=-1)
+
+  def sampled(
+      self, s0: jax.Array, s1: jax.Array, arch: jax.Array, op_ids: Sequence[int]
+  ) -> jax.Array:
+    """Runs only the ops of one discrete architecture (ENAS's shared weights).
+
+    Node ``i`` sums two terms, each one candidate of one incoming edge:
+    ``arch[i] = (input_1, input_2, op_1, op_2)``, inputs in ``0 .. i + 1``
+    and ops indexing ``op_ids`` (positions in this cell's primitives, so a
+    space can leave ``none`` out). Every candidate sits behind its own
+    ``nnx.cond`` on the traced ``arch``: one compiled program serves every
+    architecture, only the chosen candidates run (and update their
+    BatchNorm statistics), and the backward pass of each condition touches
+    only its own candidate's weights, which keeps the program as small as
+    the DARTS cell's.
+
+    Args:
+      s0, s1: the cell's inputs.
+      arch: int array of shape (steps, 4).
+      op_ids: candidate positions the op indices refer to.
+
+    Returns:
+      The cell output, as ``__call__``.
+    """
+    states = [self.preprocess0(s0), self.preprocess1(s1)]
+    offset = 0
+    for i in range(self.steps):
+      node = None
+      for j, h in enumerate(states):
+        edge = self.edges[offset + j]
+        n, height, width, channels = h.shape
+        if edge.stride == 2:
+          height, width = (height + 1) // 2, (width + 1) // 2
+        zeros = jnp.zeros((n, height, width, channels), h.dtype)
+        for o, candidate in enumerate(op_ids):
+          # How many of the node's two slots chose (input j, op o): 0, 1 or 2.
+          count = sum(
+              ((arch[i, slot] == j) & (arch[i, 2 + slot] == o)).astype(h.dtype)
+              for slot in range(2)
+          )
+          term = nnx.cond(
+              count > 0,
+              _run_scaled,
+              lambda op, x, c, zeros=zeros: zeros,
+              edge.candidates[candidate],
+              h,
+              count,
+          )
+          node = term if node is None else node + term
+      offset += len(states)
+      states.append(node)
+    return jnp.concatenate(states[-self.multiplier :], axis=-1)
+
+
+def _run_scaled(op, x, count):
+  return count * op(x)

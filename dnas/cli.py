@@ -151,6 +151,17 @@ def _cmd_search(args) -> int:
   print("genotype:")
   print(result.genotype)
   metrics = result.metrics
+  if config.strategy == "enas":
+    if metrics:
+      print(
+          f"validation accuracy with the shared weights: best sampled cell"
+          f" {metrics['derived_score']:.3f}; controller samples"
+          f" {metrics['controller_mean_score']:.3f} on average, uniform random"
+          f" cells {metrics['uniform_mean_score']:.3f}"
+      )
+    print(f"wrote {os.path.join(result.workdir, 'genotype.json')} and"
+          f" {os.path.join(result.workdir, 'genotype_greedy.json')} (the controller's greedy cell)")
+    return 0
   if metrics:
     print(
         f"search accuracy: train {metrics.get('train_acc', float('nan')):.3f},"

@@ -37,6 +37,8 @@ __all__ = [
     "tiny_search",
     "tiny_train",
     "TINY_PRIMITIVES",
+    "DEFAULT_EPOCHS",
+    "search_epochs",
 ]
 
 _PRIMITIVES = (
@@ -77,8 +79,9 @@ class SearchConfig:
   primitives: tuple[str, ...] = _PRIMITIVES
   relaxation: str = "softmax"
   alpha_init_scale: float = 1e-3  # 0 gives the paper's stated zeros
-  # Schedule.
-  epochs: int = 6
+  # Schedule. None: the strategy's default for the digits run (DEFAULT_EPOCHS:
+  # DARTS 6; ENAS 15, since each step trains one sampled path).
+  epochs: int | None = None
   batch_size: int = 64
   # Weights: SGD, cosine-annealed learning rate (per epoch, as the reference).
   w_lr: float = 0.025
@@ -103,7 +106,8 @@ class SearchConfig:
   enas_entropy_weight: float = 1e-4
   enas_tanh_constant: float = 1.1
   enas_temperature: float = 5.0
-  enas_controller_steps: int = 10
+  enas_controller_steps: int = 30  # per epoch (ENAS: controller_train_steps=30)
+  enas_num_aggregate: int = 10  # samples per controller update (ENAS: 10)
   enas_derive_samples: int = 32
   # Execution.
   steps_per_call: int = 1  # search steps per compiled call (a lax.scan)
@@ -159,6 +163,16 @@ class TrainConfig:
   keep_checkpoints: int = 2
   max_steps_per_epoch: int = 0  # 0: the whole split; >0 caps it (smoke runs)
   max_eval_examples: int = 0  # 0: the whole test split; >0 caps it (smoke runs)
+
+DEFAULT_EPOCHS = {"darts": 6, "enas": 15}
+
+
+def search_epochs(config: SearchConfig) -> int:
+  """``config.epochs``, or the strategy's default (``DEFAULT_EPOCHS``) when None."""
+  if config.epochs is not None:
+    return config.epochs
+  return DEFAULT_EPOCHS.get(config.strategy, DEFAULT_EPOCHS["darts"])
+
 
 # The tiny variants of experiments/ keep an experiment's recipe (optimiser,
 # schedule, hypergradient, regularisation) and swap the data and sizes for a

@@ -248,12 +248,25 @@ def run_search(
       holding a different run, or a loss that became NaN (the last good
       checkpoint is kept).
   """
+  config = dataclasses.replace(config, epochs=config_lib.search_epochs(config))
   validate_config(config)
-  if config.strategy == "enas":
-    from dnas.architects import enas
+  previous = os.environ.get("DNAS_DEPTHWISE")
+  try:
+    if config.strategy == "enas":
+      from dnas.architects import enas
 
-    return enas.run_enas_search(config, workdir, progress=progress, log=log)
-  return _run_darts(config, workdir, progress=progress, log=log)
+      return enas.run_enas_search(config, workdir, progress=progress, log=log)
+    return _run_darts(config, workdir, progress=progress, log=log)
+  finally:
+    _restore_env("DNAS_DEPTHWISE", previous)
+
+
+def _restore_env(name: str, value: str | None) -> None:
+  """Undoes a run's ``DNAS_DEPTHWISE`` choice, so one run cannot steer the next."""
+  if value is None:
+    os.environ.pop(name, None)
+  else:
+    os.environ[name] = value
 
 
 def _silent(*args, **kwargs):
@@ -319,9 +332,11 @@ def make_evaluate(predict, config, mean, std, batch_size: int, mesh=None):
   return evaluate
 
 
-def _set_depthwise(config) -> None:
-  if config.depthwise != "auto":
-    os.environ["DNAS_DEPTHWISE"] = config.depthwise
+def _set_depthwise(config, auto: str | None = None) -> None:
+  """Applies ``config.depthwise`` (``auto`` keeps the backend's choice, or ``auto``)."""
+  choice = config.depthwise if config.depthwise != "auto" else auto
+  if choice is not None:
+    os.environ["DNAS_DEPTHWISE"] = choice
 
 
 def _run_darts(config, workdir, *, progress, log) -> SearchResult:

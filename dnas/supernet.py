@@ -150,6 +150,38 @@ class Supernet(nnx.Module):
     return self.classifier(pooled.astype(jnp.promote_types(pooled.dtype, jnp.float32)))
 
 
+  def sampled(
+      self,
+      x: jax.Array,
+      arch_normal: jax.Array,
+      arch_reduce: jax.Array,
+      op_ids: Sequence[int] | None = None,
+  ) -> jax.Array:
+    """Logits of the discrete child network ``(arch_normal, arch_reduce)``.
+
+    The ENAS child: the supernet's own candidate ops, only the sampled ones
+    run (see ``Cell.sampled``). The alphas are not used.
+
+    Args:
+      x: images of shape (N, H, W, in_channels).
+      arch_normal, arch_reduce: int arrays of shape (steps, 4), rows
+        ``(input_1, input_2, op_1, op_2)`` per node.
+      op_ids: positions in ``primitives`` the op indices refer to; default:
+        every primitive but ``none``.
+
+    Returns:
+      Logits of shape (N, num_classes), in float32.
+    """
+    if op_ids is None:
+      op_ids = [i for i, p in enumerate(self.primitives) if p != "none"]
+    s0 = s1 = self.stem_bn(self.stem_conv(x))
+    for cell in self.cells:
+      arch = arch_reduce if cell.reduction else arch_normal
+      s0, s1 = s1, cell.sampled(s0, s1, arch, op_ids)
+    pooled = jnp.mean(s1, axis=(1, 2))
+    return self.classifier(pooled.astype(jnp.promote_types(pooled.dtype, jnp.float32)))
+
+
 def split(model: nnx.Module):
   """Splits a model into ``(graphdef, weights, alphas, rest)`` by variable type.
 

@@ -298,6 +298,14 @@ def run_train(
       unprepared dataset, unwritable workdir, a workdir holding another run,
       or a loss that became NaN (the last good checkpoint is kept).
   """
+  previous = os.environ.get("DNAS_DEPTHWISE")
+  try:
+    return _run_train(config, workdir, genotype, progress=progress, log=log)
+  finally:
+    search_lib._restore_env("DNAS_DEPTHWISE", previous)
+
+
+def _run_train(config, workdir, genotype, *, progress, log) -> TrainResult:
   import jax
   import jax.numpy as jnp
   import optax

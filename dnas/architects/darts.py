@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dnas import config as config_lib
 from dnas import supernet as supernet_lib
 
 __all__ = ["Darts", "DartsState", "HYPERGRADIENTS", "cosine_lr"]
@@ -106,7 +107,9 @@ class Darts:
     """The weight learning rate at a search step (cosine per epoch)."""
     c = self.config
     epoch = jnp.floor_divide(step, self.steps_per_epoch).astype(jnp.float32)
-    return cosine_lr(epoch, lr=c.w_lr, lr_min=c.w_lr_min, epochs=c.epochs)
+    return cosine_lr(
+        epoch, lr=c.w_lr, lr_min=c.w_lr_min, epochs=config_lib.search_epochs(c)
+    )
 
   @property
   def weight_optimizer(self) -> optax.GradientTransformation:
