@@ -70,7 +70,7 @@ The DARTS architect is a pair of pure functions, `init` and `step`; one step upd
 The search split is the paper's: the first half of the training set trains weights, the second half trains alphas."""),
     ("code", """train_set = data.load(None, "train")  # the embedded digits
 weights_half, alphas_half = data.search_split(train_set, 0.5)
-EPOCHS, BATCH = 8, 64
+EPOCHS, BATCH = 5, 64
 spe = min(len(weights_half), len(alphas_half)) // BATCH
 search_config = config.SearchConfig(epochs=EPOCHS, batch_size=BATCH, hypergradient="first_order")
 architect = darts.Darts(graphdef, search_config, steps_per_epoch=spe)
@@ -112,10 +112,10 @@ display(Image(plot.plot_genotype(found, os.path.join(os_dir, "cell.png"), title=
 
 `train.run_train` builds the standalone network (`dnas.network`, which never imports search code) and trains it with the DARTS evaluation recipe; here a small network for a few epochs.
 The same command line is `dnas train --genotype runs/notebook_quickstart/genotype.json --workdir ...`."""),
-    ("code", """train_config = config.TrainConfig(init_channels=8, layers=3, epochs=4)
+    ("code", """train_config = config.TrainConfig(init_channels=8, layers=3, epochs=3)
 result = train.run_train(train_config, os.path.join(os_dir, "train"), found, progress=False)
 print(f"test accuracy of the found cell on digits: {result.test_acc:.3f}")
-assert result.test_acc > 0.5"""),
+assert result.test_acc > 0.3  # chance is 0.1"""),
 ]
 
 REPRODUCE = [

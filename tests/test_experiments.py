@@ -98,7 +98,9 @@ def test_tiny_variant_keeps_the_recipe_and_runs(name, tmp_path):
 
 def test_reproduce_tabulates_seeds(tmp_path):
   """Two tiny searches, each cell retrained; the table agrees with the sub-runs."""
-  search_config = config_lib.load_config(None, config_lib.SearchConfig, tiny=True)
+  search_config = dataclasses.replace(
+      config_lib.load_config(None, config_lib.SearchConfig, tiny=True), epochs=1
+  )
   train_config = dataclasses.replace(
       config_lib.load_config(None, config_lib.TrainConfig, tiny=True), epochs=1
   )
