@@ -28,6 +28,7 @@ TINY = dataclasses.replace(
     batch_size=32,
     max_steps_per_epoch=0,
     enas_controller_steps=30,
+    enas_num_aggregate=10,
     enas_derive_samples=64,
     # A sharper controller than ENAS's defaults (temperature 5, tanh 1.1,
     # lr 3.5e-3, which bound an op's probability near 0.55 of 3), so that
