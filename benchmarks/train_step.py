@@ -1,0 +1,122 @@
+"""Times one training step of the DARTS_V2 final network (``dnas train``'s step).
+
+The paper's CIFAR-10 evaluation network (C=36, 20 cells, auxiliary head,
+drop-path on) on random 32x32x3 data; one compiled step = forward, backward
+and the SGD update, exactly the step ``dnas.train`` scans. Prints one JSON
+object:
+
+  python benchmarks/train_step.py --batch 96 --json
+  python benchmarks/train_step.py --batch 32 --json     # the reference's 16.5 img/s
+
+Fields: img_per_s (batch / step_s), step_s (median of --steps timed steps
+after --warmup), compile_s (trace + compile of the first call),
+peak_rss_mib, achieved_gflop_s (3 x the forward's 1.057 GFLOP per image for
+forward + backward), device and jax version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+FORWARD_GFLOP_PER_IMAGE = 1.057  # DARTS_V2, C=36, 20 cells, 32x32 (PERF_NOTES.md)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=96)
+  parser.add_argument("--genotype", default="DARTS_V2")
+  parser.add_argument("--init-channels", type=int, default=36)
+  parser.add_argument("--layers", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--depthwise", default="auto", choices=("auto", "shift", "native"))
+  parser.add_argument("--json", action="store_true")
+  args = parser.parse_args(argv)
+  if args.depthwise != "auto":
+    os.environ["DNAS_DEPTHWISE"] = args.depthwise
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  import optax
+
+  from dnas import config as config_lib
+  from dnas import genotype as genotype_lib
+  from dnas import network
+  from dnas import train
+
+  config = config_lib.TrainConfig(
+      dataset="cifar10", init_channels=args.init_channels, layers=args.layers,
+      epochs=600, batch_size=args.batch, cutout=16, crop_padding=4, flip=True,
+  )
+  model = network.build_network(
+      genotype_lib.resolve(args.genotype), "cifar10", C=args.init_channels,
+      layers=args.layers, rngs=nnx.Rngs(params=0),
+  )
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  optimizer = train._optimizer(config, steps_per_epoch=520)
+  opt_state = optimizer.init(params)
+
+  def step(params, rest, opt_state, images, labels, key):
+    def loss_fn(params):
+      net = nnx.merge(graphdef, params, rest, copy=True)
+      logits, logits_aux = net(images, jnp.float32(0.1), key=key)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      loss += 0.4 * optax.softmax_cross_entropy_with_integer_labels(logits_aux, labels).mean()
+      _, _, new_rest = nnx.split(net, nnx.Param, ...)
+      return loss, new_rest
+
+    (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_rest, opt_state, loss
+
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  images = jax.random.normal(k1, (args.batch, 32, 32, 3))
+  labels = jax.random.randint(k2, (args.batch,), 0, 10)
+  jitted = jax.jit(step, donate_argnums=(0, 1, 2))
+  started = time.perf_counter()
+  compiled = jitted.lower(params, rest, opt_state, images, labels, k3).compile()
+  compile_s = time.perf_counter() - started
+  for _ in range(args.warmup):
+    params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
+    jax.block_until_ready(loss)
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  result = {
+      "benchmark": "train_step",
+      "genotype": args.genotype,
+      "batch": args.batch,
+      "init_channels": args.init_channels,
+      "layers": args.layers,
+      "depthwise": os.environ.get("DNAS_DEPTHWISE", "auto"),
+      "img_per_s": args.batch / step_s,
+      "step_s": step_s,
+      "compile_s": compile_s,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "achieved_gflop_s": 3 * FORWARD_GFLOP_PER_IMAGE * args.batch / step_s,
+      "device": str(jax.devices()[0].device_kind),
+      "num_devices": jax.device_count(),
+      "jax": jax.__version__,
+      "loss": float(loss),
+  }
+  if args.json:
+    print(json.dumps(result))
+  else:
+    for key, value in result.items():
+      print(f"{key:>18}: {value}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
