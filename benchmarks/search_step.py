@@ -1,0 +1,112 @@
+"""Times one DARTS search step on the standard search supernet.
+
+The supernet of the paper (C=16, 8 cells, 4 nodes, the 8 DARTS primitives,
+10 classes) on random 32x32x3 data, one compiled step = architecture update
+plus weight update. Prints one JSON object:
+
+  python benchmarks/search_step.py --order 1 --batch 64 --json
+  python benchmarks/search_step.py --order 2 --batch 64 --json   # exact second order
+
+Fields: img_per_s (batch / step time, as the reference's figures count it: a
+step also reads a validation batch of the same size), step_s (median of --steps timed steps after
+--warmup), compile_s (trace + compile of the first call), peak_rss_mib,
+achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
+3.6 GFLOP, second-order 7.6 GFLOP per image), device and jax version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+GFLOP_PER_IMAGE = {1: 3.6, 2: 7.6}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--order", type=int, choices=(1, 2), default=1)
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--init-channels", type=int, default=16)
+  parser.add_argument("--layers", type=int, default=8)
+  parser.add_argument("--image-size", type=int, default=32)
+  parser.add_argument("--steps", type=int, default=5, help="timed steps")
+  parser.add_argument("--warmup", type=int, default=1)
+  parser.add_argument("--depthwise", default="auto", choices=("auto", "shift", "native"))
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--json", action="store_true")
+  args = parser.parse_args(argv)
+  if args.depthwise != "auto":
+    os.environ["DNAS_DEPTHWISE"] = args.depthwise
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from dnas import config as config_lib
+  from dnas import supernet
+  from dnas.architects import darts
+
+  config = config_lib.SearchConfig(
+      init_channels=args.init_channels, layers=args.layers, epochs=50,
+      batch_size=args.batch,
+      hypergradient="first_order" if args.order == 1 else "second_order",
+  )
+  model = supernet.Supernet(
+      in_channels=3, num_classes=10, C=args.init_channels, layers=args.layers,
+      rngs=nnx.Rngs(0),
+  )
+  graphdef, weights, alphas, rest = supernet.split(model)
+  architect = darts.Darts(graphdef, config, steps_per_epoch=390)
+  state = architect.init(weights, alphas, rest)
+  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  keys = jax.random.split(jax.random.key(0), 4)
+  shape = (args.batch, args.image_size, args.image_size, 3)
+  train = (jax.random.normal(keys[0], shape, dtype), jax.random.randint(keys[1], (args.batch,), 0, 10))
+  val = (jax.random.normal(keys[2], shape, dtype), jax.random.randint(keys[3], (args.batch,), 0, 10))
+  step = jax.jit(architect.step, donate_argnums=(0,))
+  started = time.perf_counter()
+  compiled = step.lower(state, train, val).compile()
+  compile_s = time.perf_counter() - started
+  for _ in range(args.warmup):
+    state, metrics = compiled(state, train, val)
+    jax.block_until_ready(metrics)
+  times = []
+  for _ in range(args.steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, train, val)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  result = {
+      "benchmark": "search_step",
+      "order": args.order,
+      "batch": args.batch,
+      "init_channels": args.init_channels,
+      "layers": args.layers,
+      "dtype": args.dtype,
+      "depthwise": os.environ.get("DNAS_DEPTHWISE", "auto"),
+      "img_per_s": args.batch / step_s,
+      "step_s": step_s,
+      "compile_s": compile_s,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "achieved_gflop_s": GFLOP_PER_IMAGE[args.order] * args.batch / step_s,
+      "device": str(jax.devices()[0].device_kind),
+      "num_devices": jax.device_count(),
+      "jax": jax.__version__,
+      "loss": float(metrics["train_loss"]),
+  }
+  if args.json:
+    print(json.dumps(result))
+  else:
+    for key, value in result.items():
+      print(f"{key:>18}: {value}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
