@@ -36,7 +36,7 @@ def main(argv=None) -> int:
   parser.add_argument("--image-size", type=int, default=32)
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--depthwise", default="auto", choices=("auto", "shift", "native"))
+  parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
   parser.add_argument("--layers", type=int, default=20)
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--warmup", type=int, default=1)
-  parser.add_argument("--depthwise", default="auto", choices=("auto", "shift", "native"))
+  parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   if args.depthwise != "auto":

@@ -111,7 +111,7 @@ class SearchConfig:
   enas_derive_samples: int = 32
   # Execution.
   steps_per_call: int = 1  # search steps per compiled call (a lax.scan)
-  depthwise: str = "auto"  # auto, shift or native (see ops.depthwise_conv2d)
+  depthwise: str = "auto"  # auto, shift_vjp, shift or native (ops.depthwise_conv2d)
   compute_dtype: str = "float32"  # or bfloat16 (alphas and softmax stay f32)
   checkpoint_every_epochs: int = 1
   keep_checkpoints: int = 2

@@ -19,12 +19,17 @@ editing this file:
 Depthwise convolutions decide speed on XLA:CPU, where the grouped-convolution
 path is tens of times slower than the same function written as shifted
 multiply-adds (../shared/PERF_NOTES.md). ``depthwise_conv2d`` picks the
-formulation per backend behind one function; both compute the same thing.
+formulation per backend behind one function; all compute the same thing. On
+CPU the shifted form carries its own derivatives (``shift_vjp``), written as
+shifted sums too, so that autodiff does not multiply the k*k taps in the
+backward pass; the compile time of a search step depends on it
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 import os
 
 from flax import nnx
@@ -76,16 +81,19 @@ _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
 
 
+DEPTHWISE_IMPLS = ("shift", "shift_vjp", "native")
+
+
 def _depthwise_impl() -> str:
   choice = os.environ.get("DNAS_DEPTHWISE", "auto")
-  if choice not in ("auto", "shift", "native"):
+  if choice != "auto" and choice not in DEPTHWISE_IMPLS:
     raise ValueError(
-        f"DNAS_DEPTHWISE={choice!r} is not one of auto, shift, native;"
+        f"DNAS_DEPTHWISE={choice!r} is not one of auto, {', '.join(DEPTHWISE_IMPLS)};"
         " unset it or pick one"
     )
   if choice != "auto":
     return choice
-  return "shift" if jax.default_backend() == "cpu" else "native"
+  return "shift_vjp" if jax.default_backend() == "cpu" else "native"
 
 
 def depthwise_conv2d(
@@ -105,11 +113,13 @@ def depthwise_conv2d(
     stride: spatial stride.
     dilation: spatial dilation of the kernel.
     padding: zero padding on each side of H and W.
-    impl: ``'shift'`` (k*k shifted multiply-adds over the padded input, the
-      fast path on XLA:CPU), ``'native'`` (``conv_general_dilated`` with
-      ``feature_group_count=C``, the fast path on GPU/TPU) or ``None`` to pick
-      per backend (overridable with the ``DNAS_DEPTHWISE`` environment
-      variable).
+    impl: ``'shift_vjp'`` (k*k shifted multiply-adds over the padded input
+      with hand-written derivatives, the fast path on XLA:CPU), ``'shift'``
+      (the same forward, differentiated by JAX: the k*k taps expand the
+      backward, so it compiles 4-10x slower), ``'native'``
+      (``conv_general_dilated`` with ``feature_group_count=C``, the fast path
+      on GPU/TPU) or ``None`` to pick per backend (overridable with the
+      ``DNAS_DEPTHWISE`` environment variable).
 
   Returns:
     The output of shape (N, H', W', C) with
@@ -121,8 +131,6 @@ def depthwise_conv2d(
     (1, 8, 8, 4)
   """
   impl = impl or _depthwise_impl()
-  k = kernel.shape[0]
-  channels = x.shape[-1]
   if impl == "native":
     return jax.lax.conv_general_dilated(
         x,
@@ -131,19 +139,22 @@ def depthwise_conv2d(
         padding=((padding, padding), (padding, padding)),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=channels,
+        feature_group_count=x.shape[-1],
     )
-  if impl != "shift":
-    raise ValueError(f"unknown depthwise impl {impl!r}; use 'shift' or 'native'")
-  n, h, w, _ = x.shape
-  h_out = (h + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  w_out = (w + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  taps = kernel[:, :, 0, :]
-  out = None
-  for i in range(k):
-    for j in range(k):
-      window = jax.lax.slice(
+  if impl == "shift":
+    return _shift_add(x, kernel[:, :, 0, :], stride, dilation, padding)
+  if impl == "shift_vjp":
+    return _conv(x, kernel[:, :, 0, :], stride, dilation, padding)
+  raise ValueError(
+      f"unknown depthwise impl {impl!r}; use one of {', '.join(DEPTHWISE_IMPLS)}"
+  )
+
+
+def _tap_windows(xp, k, stride, dilation, h_out, w_out):
+  """The k*k strided windows of a padded input, one per kernel tap, row-major."""
+  n, _, _, channels = xp.shape
+  return [
+      jax.lax.slice(
           xp,
           (0, i * dilation, j * dilation, 0),
           (
@@ -154,9 +165,137 @@ def depthwise_conv2d(
           ),
           (1, stride, stride, 1),
       )
-      term = window * taps[i, j]
-      out = term if out is None else out + term
+      for i in range(k)
+      for j in range(k)
+  ]
+
+
+def _output_size(size, k, stride, dilation, padding):
+  return (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+
+
+def _shift_add(x, taps, stride, dilation, padding):
+  """Depthwise conv as k*k shifted multiply-adds; ``taps`` is (k, k, C)."""
+  k = taps.shape[0]
+  h_out = _output_size(x.shape[1], k, stride, dilation, padding)
+  w_out = _output_size(x.shape[2], k, stride, dilation, padding)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  out = None
+  for t, window in enumerate(_tap_windows(xp, k, stride, dilation, h_out, w_out)):
+    term = window * taps[t // k, t % k]
+    out = term if out is None else out + term
   return out
+
+
+def _materialize(x):
+  """``x``, computed once into its own buffer.
+
+  XLA:CPU fuses a cheap elementwise producer into every consumer, so a
+  k*k-tap sum read by several consumers (a node's gradient feeds every
+  candidate op's backward) is recomputed by each: in a 4-node cell that made
+  the backward 4x slower and its HLO 3x larger. A reduction over a
+  two-element stack is not fused into consumers and costs one copy;
+  ``lax.optimization_barrier`` does not help, XLA:CPU drops it before fusion.
+  """
+  return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
+
+
+# The shift_vjp path: three functions that are each other's derivatives, so
+# autodiff never expands the k*k taps (and second order works): the forward
+# y = conv(x, taps), the input gradient dx = conv_t(g, taps) and the weight
+# gradient dtaps = conv_w(x, g). All three are bilinear.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, taps, stride, dilation, padding):
+  return _shift_add(x, taps, stride, dilation, padding)
+
+
+def _conv_fwd(x, taps, stride, dilation, padding):
+  return _conv(x, taps, stride, dilation, padding), (x, taps)
+
+
+def _conv_bwd(stride, dilation, padding, residuals, g):
+  x, taps = residuals
+  geometry = (stride, dilation, padding, x.shape[1], x.shape[2])
+  dtaps = _conv_w(x, g, taps.shape[0], stride, dilation, padding)
+  return _conv_t(g, taps, *geometry), dtaps
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_t(g, taps, stride, dilation, padding, h, w):
+  """The input gradient of ``_conv``: a stride-1 shift-add with the flipped
+  kernel over the cotangent spread to input resolution (stride - 1 zeros
+  between samples) and padded so that output pixel u reads
+  g_up[u + padding - i * dilation] for tap i."""
+  k = taps.shape[0]
+  h_out, w_out = g.shape[1], g.shape[2]
+  before = (k - 1) * dilation - padding
+  after_h = h + (k - 1) * dilation - before - ((h_out - 1) * stride + 1)
+  after_w = w + (k - 1) * dilation - before - ((w_out - 1) * stride + 1)
+  g_up = jax.lax.pad(
+      g,
+      jnp.zeros((), g.dtype),
+      (
+          (0, 0, 0),
+          (before, after_h, stride - 1),
+          (before, after_w, stride - 1),
+          (0, 0, 0),
+      ),
+  )
+  return _materialize(_shift_add(g_up, taps[::-1, ::-1], 1, dilation, 0))
+
+
+def _conv_t_fwd(g, taps, stride, dilation, padding, h, w):
+  return _conv_t(g, taps, stride, dilation, padding, h, w), (g, taps)
+
+
+def _conv_t_bwd(stride, dilation, padding, h, w, residuals, ct):
+  g, taps = residuals
+  return (
+      _conv(ct, taps, stride, dilation, padding),
+      _conv_w(ct, g, taps.shape[0], stride, dilation, padding),
+  )
+
+
+_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv_w(x, g, k, stride, dilation, padding):
+  """The weight gradient of ``_conv``: for every tap, the sum over batch and
+  space of its input window times the cotangent, all k*k sums in one
+  variadic reduction (one pass over ``x`` and ``g``)."""
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  windows = _tap_windows(xp, k, stride, dilation, g.shape[1], g.shape[2])
+  acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
+  products = [(window * g).astype(acc_dtype) for window in windows]
+  sums = jax.lax.reduce(
+      products,
+      [jnp.zeros((), acc_dtype)] * len(products),
+      lambda a, b: [u + v for u, v in zip(a, b)],
+      (0, 1, 2),
+  )
+  return jnp.stack(sums).reshape(k, k, -1).astype(x.dtype)
+
+
+def _conv_w_fwd(x, g, k, stride, dilation, padding):
+  return _conv_w(x, g, k, stride, dilation, padding), (x, g)
+
+
+def _conv_w_bwd(k, stride, dilation, padding, residuals, ct):
+  x, g = residuals
+  ct = ct.astype(x.dtype)
+  return (
+      _conv_t(g, ct, stride, dilation, padding, x.shape[1], x.shape[2]),
+      _conv(x, ct, stride, dilation, padding),
+  )
+
+
+_conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
 
 
 def conv2d(

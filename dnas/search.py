@@ -86,8 +86,11 @@ def validate_config(config: config_lib.SearchConfig) -> None:
     raise UserError(
         f"unknown primitives {', '.join(unknown)}; registered ops: {', '.join(ops.OPS)}"
     )
-  if config.depthwise not in ("auto", "shift", "native"):
-    raise UserError(f"depthwise={config.depthwise!r}; choose auto, shift or native")
+  if config.depthwise != "auto" and config.depthwise not in ops.DEPTHWISE_IMPLS:
+    raise UserError(
+        f"depthwise={config.depthwise!r}; choose auto or one of"
+        f" {', '.join(ops.DEPTHWISE_IMPLS)}"
+    )
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
   for name in ("epochs", "batch_size", "init_channels", "layers", "steps", "steps_per_call"):

@@ -33,6 +33,7 @@ import numpy as np
 
 from dnas import config as config_lib
 from dnas import search as search_lib
+from dnas import ops
 from dnas.errors import UserError
 
 __all__ = ["TrainResult", "TrainState", "run_train", "resolve_config", "load_model", "learning_rate"]
@@ -126,8 +127,11 @@ def validate_config(config: config_lib.TrainConfig) -> None:
     raise UserError(
         f"lr_schedule={config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
     )
-  if config.depthwise not in ("auto", "shift", "native"):
-    raise UserError(f"depthwise={config.depthwise!r}; choose auto, shift or native")
+  if config.depthwise != "auto" and config.depthwise not in ops.DEPTHWISE_IMPLS:
+    raise UserError(
+        f"depthwise={config.depthwise!r}; choose auto or one of"
+        f" {', '.join(ops.DEPTHWISE_IMPLS)}"
+    )
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
   for name in ("epochs", "batch_size", "init_channels", "layers", "steps_per_call",

@@ -35,7 +35,7 @@ def test_count_params_by_hand():
   assert summary.count_params(block, exclude_auxiliary=False) == weights + 8 * 5 + 5
 
 
-@pytest.mark.parametrize("depthwise", ["shift", "native", None])
+@pytest.mark.parametrize("depthwise", ["shift_vjp", "shift", "native", None])
 def test_count_macs_by_hand(monkeypatch, depthwise):
   if depthwise is None:
     monkeypatch.delenv("DNAS_DEPTHWISE", raising=False)
