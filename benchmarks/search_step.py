@@ -9,7 +9,7 @@ plus weight update. Prints one JSON object:
 
 Fields: img_per_s (batch / step time, as the reference's figures count it: a
 step also reads a validation batch of the same size), step_s (median of --steps timed steps after
---warmup), compile_s (trace + compile of the first call), peak_rss_mib,
+--warmup), compile_s (trace + compile of the first call; trace_s of it is tracing and lowering), peak_rss_mib,
 achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
 3.6 GFLOP, second-order 7.6 GFLOP per image), device and jax version.
 """
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--json", action="store_true")
+  parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
   if args.depthwise != "auto":
     os.environ["DNAS_DEPTHWISE"] = args.depthwise
@@ -70,7 +71,11 @@ def main(argv=None) -> int:
   val = (jax.random.normal(keys[2], shape, dtype), jax.random.randint(keys[3], (args.batch,), 0, 10))
   step = jax.jit(architect.step, donate_argnums=(0,))
   started = time.perf_counter()
-  compiled = step.lower(state, train, val).compile()
+  lowered = step.lower(state, train, val)
+  trace_s = time.perf_counter() - started
+  if args.verbose:
+    print(f"traced in {trace_s:.1f} s", file=sys.stderr, flush=True)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - started
   for _ in range(args.warmup):
     state, metrics = compiled(state, train, val)
@@ -93,6 +98,7 @@ def main(argv=None) -> int:
       "img_per_s": args.batch / step_s,
       "step_s": step_s,
       "compile_s": compile_s,
+      "trace_s": trace_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "achieved_gflop_s": GFLOP_PER_IMAGE[args.order] * args.batch / step_s,
       "device": str(jax.devices()[0].device_kind),

@@ -81,7 +81,9 @@ def main(argv=None) -> int:
   labels = jax.random.randint(k2, (args.batch,), 0, 10)
   jitted = jax.jit(step, donate_argnums=(0, 1, 2))
   started = time.perf_counter()
-  compiled = jitted.lower(params, rest, opt_state, images, labels, k3).compile()
+  lowered = jitted.lower(params, rest, opt_state, images, labels, k3)
+  trace_s = time.perf_counter() - started
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - started
   for _ in range(args.warmup):
     params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
       "img_per_s": args.batch / step_s,
       "step_s": step_s,
       "compile_s": compile_s,
+      "trace_s": trace_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       "achieved_gflop_s": 3 * FORWARD_GFLOP_PER_IMAGE * args.batch / step_s,
       "device": str(jax.devices()[0].device_kind),
