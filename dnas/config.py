@@ -71,8 +71,10 @@ class SearchConfig:
   # Supernet.
   init_channels: int = 8
   layers: int = 3
-  # Two nodes per cell keep the default run's compile near 2 minutes on two
-  # CPU cores (four nodes: about 11); the DARTS experiments use 4 and 4.
+  # Two nodes per cell keep the default runs near a minute (DARTS) and a few
+  # minutes (ENAS) on two CPU cores; four nodes, the DARTS cell, take the
+  # DARTS run to 3.5 minutes (2.5 of them compiling) and the ENAS child's
+  # compile past 5. The DARTS experiments use 4 and 4.
   steps: int = 2
   multiplier: int = 2
   stem_multiplier: int = 3
@@ -80,7 +82,8 @@ class SearchConfig:
   relaxation: str = "softmax"
   alpha_init_scale: float = 1e-3  # 0 gives the paper's stated zeros
   # Schedule. None: the strategy's default for the digits run (DEFAULT_EPOCHS:
-  # DARTS 6; ENAS 30, since each step trains one sampled path).
+  # DARTS 6; ENAS 100, since each step trains one sampled path and an epoch
+  # costs about a second once compiled).
   epochs: int | None = None
   batch_size: int = 64
   # Weights: SGD, cosine-annealed learning rate (per epoch, as the reference).
@@ -164,7 +167,7 @@ class TrainConfig:
   max_steps_per_epoch: int = 0  # 0: the whole split; >0 caps it (smoke runs)
   max_eval_examples: int = 0  # 0: the whole test split; >0 caps it (smoke runs)
 
-DEFAULT_EPOCHS = {"darts": 6, "enas": 30}
+DEFAULT_EPOCHS = {"darts": 6, "enas": 100}
 
 
 def search_epochs(config: SearchConfig) -> int:
