@@ -82,13 +82,15 @@ _BN_EPSILON = 1e-5
 
 
 DEPTHWISE_IMPLS = ("shift", "shift_vjp", "native")
+# What configs and DNAS_DEPTHWISE accept: an implementation, or "auto" (per backend).
+DEPTHWISE_CHOICES = ("auto",) + DEPTHWISE_IMPLS
 
 
 def _depthwise_impl() -> str:
   choice = os.environ.get("DNAS_DEPTHWISE", "auto")
-  if choice != "auto" and choice not in DEPTHWISE_IMPLS:
+  if choice not in DEPTHWISE_CHOICES:
     raise ValueError(
-        f"DNAS_DEPTHWISE={choice!r} is not one of auto, {', '.join(DEPTHWISE_IMPLS)};"
+        f"DNAS_DEPTHWISE={choice!r} is not one of {', '.join(DEPTHWISE_CHOICES)};"
         " unset it or pick one"
     )
   if choice != "auto":

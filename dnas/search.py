@@ -86,10 +86,10 @@ def validate_config(config: config_lib.SearchConfig) -> None:
     raise UserError(
         f"unknown primitives {', '.join(unknown)}; registered ops: {', '.join(ops.OPS)}"
     )
-  if config.depthwise != "auto" and config.depthwise not in ops.DEPTHWISE_IMPLS:
+  if config.depthwise not in ops.DEPTHWISE_CHOICES:
     raise UserError(
-        f"depthwise={config.depthwise!r}; choose auto or one of"
-        f" {', '.join(ops.DEPTHWISE_IMPLS)}"
+        f"depthwise={config.depthwise!r}; choose one of"
+        f" {', '.join(ops.DEPTHWISE_CHOICES)}"
     )
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
@@ -335,11 +335,10 @@ def make_evaluate(predict, config, mean, std, batch_size: int, mesh=None):
   return evaluate
 
 
-def _set_depthwise(config, auto: str | None = None) -> None:
-  """Applies ``config.depthwise`` (``auto`` keeps the backend's choice, or ``auto``)."""
-  choice = config.depthwise if config.depthwise != "auto" else auto
-  if choice is not None:
-    os.environ["DNAS_DEPTHWISE"] = choice
+def _set_depthwise(config) -> None:
+  """Applies ``config.depthwise``; ``auto`` keeps the backend's choice."""
+  if config.depthwise != "auto":
+    os.environ["DNAS_DEPTHWISE"] = config.depthwise
 
 
 def _run_darts(config, workdir, *, progress, log) -> SearchResult:

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dnas import config as config_lib
-from dnas import search as search_lib
 from dnas import ops
+from dnas import search as search_lib
 from dnas.errors import UserError
 
 __all__ = ["TrainResult", "TrainState", "run_train", "resolve_config", "load_model", "learning_rate"]
@@ -127,10 +127,10 @@ def validate_config(config: config_lib.TrainConfig) -> None:
     raise UserError(
         f"lr_schedule={config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
     )
-  if config.depthwise != "auto" and config.depthwise not in ops.DEPTHWISE_IMPLS:
+  if config.depthwise not in ops.DEPTHWISE_CHOICES:
     raise UserError(
-        f"depthwise={config.depthwise!r}; choose auto or one of"
-        f" {', '.join(ops.DEPTHWISE_IMPLS)}"
+        f"depthwise={config.depthwise!r}; choose one of"
+        f" {', '.join(ops.DEPTHWISE_CHOICES)}"
     )
   if config.compute_dtype not in ("float32", "bfloat16"):
     raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
