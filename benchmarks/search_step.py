@@ -38,6 +38,8 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--no-scan-edges", action="store_true", help="unroll every edge (Supernet(scan_edges=False))")
+  parser.add_argument("--no-remat", action="store_true", help="keep every activation for the backward (Supernet(remat=False))")
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
@@ -59,6 +61,7 @@ def main(argv=None) -> int:
   )
   model = supernet.Supernet(
       in_channels=3, num_classes=10, C=args.init_channels, layers=args.layers,
+      scan_edges=not args.no_scan_edges, remat=not args.no_remat,
       rngs=nnx.Rngs(0),
   )
   graphdef, weights, alphas, rest = supernet.split(model)
@@ -94,6 +97,8 @@ def main(argv=None) -> int:
       "init_channels": args.init_channels,
       "layers": args.layers,
       "dtype": args.dtype,
+      "scan_edges": not args.no_scan_edges,
+      "remat": not args.no_remat,
       "depthwise": os.environ.get("DNAS_DEPTHWISE", "auto"),
       "img_per_s": args.batch / step_s,
       "step_s": step_s,

@@ -195,45 +195,61 @@ def _materialize(x):
   XLA:CPU fuses a cheap elementwise producer into every consumer, so a
   k*k-tap sum read by several consumers (a node's gradient feeds every
   candidate op's backward) is recomputed by each: in a 4-node cell that made
-  the backward 4x slower and its HLO 3x larger. A reduction over a
-  two-element stack is not fused into consumers and costs one copy;
-  ``lax.optimization_barrier`` does not help, XLA:CPU drops it before fusion.
+  the backward 4x slower and its HLO 3x larger. A window sum over a
+  two-element stack ``[0, x]`` (``x`` is its second
+  partial sum) is not fused into consumers and costs one
+  copy. (``lax.optimization_barrier`` does not help, XLA:CPU drops it before
+  fusion; a plain ``sum`` over the stack is taken by XLA:CPU's YNNPACK reduce,
+  which makes this copy 12x slower than the cumulative sum.)
   """
-  return jnp.sum(jnp.stack([x, jnp.zeros_like(x)]), axis=0)
+  return jax.lax.cumsum(jnp.stack([jnp.zeros_like(x), x]), axis=0)[1]
 
 
 # The shift_vjp path: three functions that are each other's derivatives, so
 # autodiff never expands the k*k taps (and second order works): the forward
 # y = conv(x, taps), the input gradient dx = conv_t(g, taps) and the weight
-# gradient dtaps = conv_w(x, g). All three are bilinear.
+# gradient dtaps = conv_w(x, g). All three are bilinear. Each takes the
+# static geometry (stride, dilation, padding, h, w, k) of the forward conv
+# (h, w: its input size, k: its kernel size) and never reads shapes off its
+# residuals. The residuals pass through ``lax.optimization_barrier`` (free:
+# XLA:CPU drops it): a residual that is the primal input itself is
+# "forwarded" by JAX, and JAX 0.10's dead-code elimination of a custom
+# backward inside a scan's transpose then misaligns residuals and cotangents
+# (the second derivative of a scanned cell failed with shape errors).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x, taps, stride, dilation, padding):
+  """Depthwise conv with hand-written derivatives; ``taps`` is (k, k, C)."""
+  return _conv_vjp(
+      x, taps, (stride, dilation, padding, x.shape[1], x.shape[2], taps.shape[0])
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_vjp(x, taps, geometry):
+  stride, dilation, padding = geometry[:3]
   return _shift_add(x, taps, stride, dilation, padding)
 
 
-def _conv_fwd(x, taps, stride, dilation, padding):
-  return _conv(x, taps, stride, dilation, padding), (x, taps)
+def _conv_fwd(x, taps, geometry):
+  return _conv_vjp(x, taps, geometry), jax.lax.optimization_barrier((x, taps))
 
 
-def _conv_bwd(stride, dilation, padding, residuals, g):
+def _conv_bwd(geometry, residuals, g):
   x, taps = residuals
-  geometry = (stride, dilation, padding, x.shape[1], x.shape[2])
-  dtaps = _conv_w(x, g, taps.shape[0], stride, dilation, padding)
-  return _conv_t(g, taps, *geometry), dtaps
+  return _conv_t(g, taps, geometry), _conv_w(x, g, geometry)
 
 
-_conv.defvjp(_conv_fwd, _conv_bwd)
+_conv_vjp.defvjp(_conv_fwd, _conv_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_t(g, taps, stride, dilation, padding, h, w):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_t(g, taps, geometry):
   """The input gradient of ``_conv``: a stride-1 shift-add with the flipped
   kernel over the cotangent spread to input resolution (stride - 1 zeros
   between samples) and padded so that output pixel u reads
   g_up[u + padding - i * dilation] for tap i."""
-  k = taps.shape[0]
+  stride, dilation, padding, h, w, k = geometry
   h_out, w_out = g.shape[1], g.shape[2]
   before = (k - 1) * dilation - padding
   after_h = h + (k - 1) * dilation - before - ((h_out - 1) * stride + 1)
@@ -251,26 +267,24 @@ def _conv_t(g, taps, stride, dilation, padding, h, w):
   return _materialize(_shift_add(g_up, taps[::-1, ::-1], 1, dilation, 0))
 
 
-def _conv_t_fwd(g, taps, stride, dilation, padding, h, w):
-  return _conv_t(g, taps, stride, dilation, padding, h, w), (g, taps)
+def _conv_t_fwd(g, taps, geometry):
+  return _conv_t(g, taps, geometry), jax.lax.optimization_barrier((g, taps))
 
 
-def _conv_t_bwd(stride, dilation, padding, h, w, residuals, ct):
+def _conv_t_bwd(geometry, residuals, ct):
   g, taps = residuals
-  return (
-      _conv(ct, taps, stride, dilation, padding),
-      _conv_w(ct, g, taps.shape[0], stride, dilation, padding),
-  )
+  return _conv_vjp(ct, taps, geometry), _conv_w(ct, g, geometry)
 
 
 _conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _conv_w(x, g, k, stride, dilation, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_w(x, g, geometry):
   """The weight gradient of ``_conv``: for every tap, the sum over batch and
   space of its input window times the cotangent, all k*k sums in one
   variadic reduction (one pass over ``x`` and ``g``)."""
+  stride, dilation, padding, _, _, k = geometry
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   windows = _tap_windows(xp, k, stride, dilation, g.shape[1], g.shape[2])
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
@@ -284,17 +298,13 @@ def _conv_w(x, g, k, stride, dilation, padding):
   return jnp.stack(sums).reshape(k, k, -1).astype(x.dtype)
 
 
-def _conv_w_fwd(x, g, k, stride, dilation, padding):
-  return _conv_w(x, g, k, stride, dilation, padding), (x, g)
+def _conv_w_fwd(x, g, geometry):
+  return _conv_w(x, g, geometry), jax.lax.optimization_barrier((x, g))
 
 
-def _conv_w_bwd(k, stride, dilation, padding, residuals, ct):
+def _conv_w_bwd(geometry, residuals, ct):
   x, g = residuals
-  ct = ct.astype(x.dtype)
-  return (
-      _conv_t(g, ct, stride, dilation, padding, x.shape[1], x.shape[2]),
-      _conv(x, ct, stride, dilation, padding),
-  )
+  return _conv_t(g, ct, geometry), _conv_vjp(x, ct, geometry)
 
 
 _conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
@@ -305,11 +315,19 @@ def conv2d(
 ) -> jax.Array:
   """Dense 2-D convolution, NHWC input, HWIO kernel, symmetric zero padding.
 
-  ``stride``, ``padding`` and ``dilation`` are ints or (h, w) pairs.
+  ``stride``, ``padding`` and ``dilation`` are ints or (h, w) pairs. A 1x1
+  kernel without padding runs as a (strided) matrix product over channels:
+  XLA:CPU sometimes lowers the weight gradient of a 1x1 convolution as a
+  convolution over the whole image (inside a ``lax.scan`` body it always
+  does), 100x slower than the same product as a matmul.
   """
   stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
   padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
   dilation = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+  if kernel.shape[:2] == (1, 1) and padding == (0, 0):
+    if stride != (1, 1):
+      x = x[:, :: stride[0], :: stride[1], :]
+    return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
   return jax.lax.conv_general_dilated(
       x,
       kernel,
@@ -332,17 +350,77 @@ def _pool_window(x, init, reducer, stride):
 
 
 def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
-  """3x3 max pooling with padding 1 (the padding never wins the max)."""
-  return _pool_window(x, -jnp.inf, jax.lax.max, stride)
+  """3x3 max pooling with padding 1 (the padding never wins the max).
+
+  The maximum of the nine shifted windows, with a hand-written derivative:
+  the forward keeps which tap won each window (the first, as PyTorch's does,
+  NaN winning), and the backward sends each output's cotangent to that tap
+  as nine shifted selects. XLA:CPU's own derivative of a window max
+  (select-and-scatter) costs 5x the forward.
+  """
+  return _max_pool(x, (stride, x.shape[1], x.shape[2]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool(x, geometry):
+  return _max_pool_fwd(x, geometry)[0]
+
+
+def _max_pool_fwd(x, geometry):
+  stride = geometry[0]
+  h_out = _output_size(x.shape[1], 3, stride, 1, 1)
+  w_out = _output_size(x.shape[2], 3, stride, 1, 1)
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  windows = _tap_windows(xp, 3, stride, 1, h_out, w_out)
+  out, winner = windows[0], jnp.zeros(windows[0].shape, jnp.int8)
+  for tap, window in enumerate(windows[1:], start=1):
+    better = (window > out) | jnp.isnan(window)
+    out = jnp.where(better, window, out)
+    winner = jnp.where(better, jnp.int8(tap), winner)
+  return out, winner
+
+
+def _max_pool_bwd(geometry, winner, g):
+  return (_max_pool_scatter(g, winner, *geometry),)
+
+
+def _max_pool_scatter(g, winner, stride, h, w):
+  """Input gradient of the max pool: input pixel q gathers g[u] from every
+  output u whose winning tap sits at q, read on the cotangent spread to
+  input resolution as in ``_conv_t`` (k=3, padding 1)."""
+  h_out, w_out = g.shape[1], g.shape[2]
+  config = (
+      (0, 0, 0),
+      (1, h + 1 - ((h_out - 1) * stride + 1), stride - 1),
+      (1, w + 1 - ((w_out - 1) * stride + 1), stride - 1),
+      (0, 0, 0),
+  )
+  g_up = jax.lax.pad(g, jnp.zeros((), g.dtype), config)
+  won = jax.lax.pad(winner, jnp.int8(-1), config)
+  g_windows = _tap_windows(g_up, 3, 1, 1, h, w)
+  won_windows = _tap_windows(won, 3, 1, 1, h, w)
+  dx = None
+  for t, (gw, ww) in enumerate(zip(g_windows, won_windows)):
+    # Window t reads output u = q + 1 - i, whose tap i = 2 - (t's row).
+    tap = 8 - t
+    term = jnp.where(ww == tap, gw, jnp.zeros((), g.dtype))
+    dx = term if dx is None else dx + term
+  return _materialize(dx)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
   """3x3 average pooling, padding 1, padded cells not counted.
 
   This is PyTorch's ``AvgPool2d(3, stride, padding=1, count_include_pad=False)``,
-  as the DARTS reference uses.
+  as the DARTS reference uses. The window sum is the depthwise convolution
+  with an all-ones kernel (``shift_vjp``'s hand-written derivatives), divided
+  by the count of real cells in each window.
   """
-  total = _pool_window(x, 0.0, jax.lax.add, stride)
+  taps = jnp.ones((3, 3, x.shape[-1]), x.dtype)
+  total = _conv(x, taps, stride, 1, 1)
   ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
   count = _pool_window(ones, 0.0, jax.lax.add, stride)
   return total / count

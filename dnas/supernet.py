@@ -38,6 +38,11 @@ class Supernet(nnx.Module):
     alpha_init_scale: alphas start as ``scale * N(0, 1)`` (DARTS code: 1e-3);
       0 gives the paper's stated zeros.
     relaxation: name in ``relaxations.RELAXATIONS`` or a callable.
+    scan_edges: run each cell's same-shaped edges as one ``lax.scan``
+      (``Cell``): same function, a several times shorter compile.
+    remat: keep only each edge's input for the backward pass and recompute
+      the edge's candidates there (``Cell``): same gradients, a fraction of
+      the memory.
     rngs: keys; ``rngs.params`` initialises weights and alphas.
 
   Example:
@@ -58,6 +63,8 @@ class Supernet(nnx.Module):
       primitives: Sequence[str] = tuple(ops.PRIMITIVES),
       alpha_init_scale: float = 1e-3,
       relaxation: Any = "softmax",
+      scan_edges: bool = True,
+      remat: bool = True,
       rngs: nnx.Rngs,
   ):
     unknown = [p for p in primitives if p not in ops.OPS]
@@ -95,6 +102,8 @@ class Supernet(nnx.Module):
               reduction,
               reduction_prev,
               self.primitives,
+              scan_edges=scan_edges,
+              remat=remat,
               rngs=rngs,
           )
       )

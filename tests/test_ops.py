@@ -1,4 +1,9 @@
-"""Tests for the depthwise convolution paths: every impl against the native one."""
+"""Tests for the op kernels: every hand-written derivative against XLA's own path.
+
+Depthwise convolutions against the native grouped convolution, the pools
+against ``lax.reduce_window`` (whose derivative is XLA's select-and-scatter /
+window sum), and the 1x1 convolution's matmul against ``conv_general_dilated``.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -75,3 +80,90 @@ def test_depthwise_env_choice(monkeypatch):
     monkeypatch.setenv("DNAS_DEPTHWISE", impl)
     out = ops.depthwise_conv2d(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2)), padding=1)
     assert out.shape == (1, 4, 4, 2)
+
+
+def _reference_max_pool(x, stride):
+  return jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+      ((0, 0), (1, 1), (1, 1), (0, 0)),
+  )
+
+
+def _reference_avg_pool(x, stride):
+  window = lambda v: jax.lax.reduce_window(  # noqa: E731
+      v, 0.0, jax.lax.add, (1, 3, 3, 1), (1, stride, stride, 1),
+      ((0, 0), (1, 1), (1, 1), (0, 0)),
+  )
+  return window(x) / window(jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype))
+
+
+POOLS = {
+    "max": (ops.max_pool_3x3, _reference_max_pool),
+    "avg": (ops.avg_pool_3x3, _reference_avg_pool),
+}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [8, 7])
+@pytest.mark.parametrize("kind", POOLS)
+def test_pools_match_reduce_window(kind, size, stride):
+  """Values, input gradient and the second derivative DARTS's exact
+  hypergradient takes (grad of <grad, v> w.r.t. the cotangent)."""
+  pool, reference = POOLS[kind]
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  y = pool(x, stride)
+  np.testing.assert_allclose(y, reference(x, stride), rtol=1e-6, atol=1e-6)
+  cotangent = jax.random.normal(jax.random.key(1), y.shape)
+  got = jax.vjp(lambda x: pool(x, stride), x)[1](cotangent)[0]
+  want = jax.vjp(lambda x: reference(x, stride), x)[1](cotangent)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  v = jax.random.normal(jax.random.key(2), x.shape)
+
+  def second(fn):
+    return jax.grad(
+        lambda c: jnp.vdot(jax.vjp(lambda x: fn(x, stride), x)[1](c)[0], v)
+    )(cotangent)
+
+  np.testing.assert_allclose(second(pool), second(reference), rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum():
+  """PyTorch's rule on ties: the first maximum of the window (row-major)."""
+  x = jnp.zeros((1, 3, 3, 1))
+  grad = jax.grad(lambda x: ops.max_pool_3x3(x, 2).sum())(x)
+  # One output (stride 2 over 3x3, padding 1): windows rows -1..1, cols -1..1;
+  # the first real cell of the window is (0, 0).
+  assert grad.shape == (1, 3, 3, 1)
+  expected = np.zeros((1, 3, 3, 1))
+  expected[0, 0, 0, 0] = 1.0  # output (0,0)
+  expected[0, 0, 1, 0] += 1.0  # output (0,1): window cols 1..3, first (0,1)
+  expected[0, 1, 0, 0] += 1.0  # output (1,0)
+  expected[0, 1, 1, 0] += 1.0  # output (1,1)
+  np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_conv_matmul_matches_convolution(stride):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 5))
+  kernel = jax.random.normal(jax.random.key(1), (1, 1, 5, 4))
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((0, 0), (0, 0)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+  conv = lambda x, kernel: ops.conv2d(x, kernel, stride=stride)  # noqa: E731
+  y = conv(x, kernel)
+  np.testing.assert_allclose(y, reference(x, kernel), rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), y.shape)
+  got = jax.vjp(conv, x, kernel)[1](cotangent)
+  want = jax.vjp(reference, x, kernel)[1](cotangent)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_materialize_is_exact():
+  # (Subnormals are flushed by any XLA:CPU arithmetic, so none here.)
+  x = jnp.array([0.0, -0.0, 1.5e-30, -3.5, 7e30, jnp.inf, -jnp.inf, jnp.nan])
+  np.testing.assert_array_equal(ops._materialize(x), x)
