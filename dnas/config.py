@@ -73,7 +73,7 @@ class SearchConfig:
   layers: int = 3
   # Two nodes per cell keep the default runs near a minute (DARTS) and a few
   # minutes (ENAS) on two CPU cores; four nodes, the DARTS cell, take the
-  # DARTS run to 3.5 minutes (2.5 of them compiling) and the ENAS child's
+  # DARTS run to 1.5 minutes (45 s of them compiling) and the ENAS child's
   # compile past 5. The DARTS experiments use 4 and 4.
   steps: int = 2
   multiplier: int = 2
@@ -116,6 +116,8 @@ class SearchConfig:
   steps_per_call: int = 1  # search steps per compiled call (a lax.scan)
   depthwise: str = "auto"  # auto, shift_vjp, shift or native (ops.depthwise_conv2d)
   compute_dtype: str = "float32"  # or bfloat16 (alphas and softmax stay f32)
+  scan_edges: bool = True  # a cell's same-shaped edges as one lax.scan (Cell)
+  remat: bool = True  # recompute each edge in the backward pass (Cell)
   checkpoint_every_epochs: int = 1
   keep_checkpoints: int = 2
   max_steps_per_epoch: int = 0  # 0: the whole split; >0 caps it (smoke runs)

@@ -406,6 +406,8 @@ def _run_darts(config, workdir, *, progress, log) -> SearchResult:
       primitives=config.primitives,
       alpha_init_scale=config.alpha_init_scale,
       relaxation=config.relaxation,
+      scan_edges=config.scan_edges,
+      remat=config.remat,
       rngs=nnx.Rngs(config.seed),
   )
   graphdef, weights, alphas, rest = supernet_lib.split(model)
