@@ -6,6 +6,7 @@ plus weight update. Prints one JSON object:
 
   python benchmarks/search_step.py --order 1 --batch 64 --json
   python benchmarks/search_step.py --order 2 --batch 64 --json   # exact second order
+  python benchmarks/search_step.py --order 2 --finite-difference --batch 64 --json  # DARTS eq. 8
 
 Fields: img_per_s (batch / step time, as the reference's figures count it: a
 step also reads a validation batch of the same size), step_s (median of --steps timed steps after
@@ -30,6 +31,8 @@ GFLOP_PER_IMAGE = {1: 3.6, 2: 7.6}
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--order", type=int, choices=(1, 2), default=1)
+  parser.add_argument("--finite-difference", action="store_true",
+                      help="with --order 2: the paper's finite-difference hypergradient (eq. 8) instead of the exact one")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--init-channels", type=int, default=16)
   parser.add_argument("--layers", type=int, default=8)
@@ -46,6 +49,12 @@ def main(argv=None) -> int:
   if args.depthwise != "auto":
     os.environ["DNAS_DEPTHWISE"] = args.depthwise
 
+  if args.finite_difference and args.order != 2:
+    parser.error("--finite-difference is a second-order hypergradient: add --order 2")
+  hypergradient = {1: "first_order", 2: "second_order"}[args.order]
+  if args.finite_difference:
+    hypergradient = "finite_difference"
+
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -57,7 +66,7 @@ def main(argv=None) -> int:
   config = config_lib.SearchConfig(
       init_channels=args.init_channels, layers=args.layers, epochs=50,
       batch_size=args.batch,
-      hypergradient="first_order" if args.order == 1 else "second_order",
+      hypergradient=hypergradient,
   )
   model = supernet.Supernet(
       in_channels=3, num_classes=10, C=args.init_channels, layers=args.layers,
@@ -93,6 +102,7 @@ def main(argv=None) -> int:
   result = {
       "benchmark": "search_step",
       "order": args.order,
+      "hypergradient": hypergradient,
       "batch": args.batch,
       "init_channels": args.init_channels,
       "layers": args.layers,
