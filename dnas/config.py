@@ -73,8 +73,8 @@ class SearchConfig:
   layers: int = 3
   # Two nodes per cell keep the default runs near a minute (DARTS) and a few
   # minutes (ENAS) on two CPU cores; four nodes, the DARTS cell, take the
-  # DARTS run to 1.5 minutes (45 s of them compiling) and the ENAS child's
-  # compile past 5. The DARTS experiments use 4 and 4.
+  # DARTS run to 1.5 minutes (45 s of them compiling) and an ENAS epoch from
+  # about 1.5 to 6 seconds (compile 50 -> 86 s). The experiments use 4 and 4.
   steps: int = 2
   multiplier: int = 2
   stem_multiplier: int = 3

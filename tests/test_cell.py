@@ -120,3 +120,32 @@ def test_edges_of_another_structure_fall_back_to_the_unrolled_loop():
   got, want = (_run(cell, s0, s1, weights) for cell in cells)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", [False, True], ids=["normal", "reduce"])
+def test_scanned_sampled_child_matches_the_unrolled_one(reduction):
+  """ENAS's path: only the sampled candidates run, behind conditions."""
+  s0, s1, _ = _inputs()
+  op_ids = [i for i, p in enumerate(ops.PRIMITIVES) if p != "none"]
+  # Node i: two inputs in 0..i+1 and two ops; node 2 picks one (input, op) twice.
+  arch = jnp.array([[0, 1, 3, 5], [2, 0, 0, 6], [3, 3, 4, 4]], jnp.int32)
+
+  def run(scan_edges, remat):
+    cell = _cell(reduction, scan_edges, remat)
+    graphdef, params, rest = nnx.split(cell, nnx.Param, ...)
+
+    def loss(params):
+      model = nnx.merge(graphdef, params, rest, copy=True)
+      y = model.sampled(s0, s1, arch, op_ids)
+      return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), (
+          y, nnx.state(model, nnx.BatchStat)
+      )
+
+    (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return aux, grads
+
+  want = run(False, False)
+  for remat in (False, True):
+    got = run(True, remat)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
