@@ -195,12 +195,12 @@ def _materialize(x):
   XLA:CPU fuses a cheap elementwise producer into every consumer, so a
   k*k-tap sum read by several consumers (a node's gradient feeds every
   candidate op's backward) is recomputed by each: in a 4-node cell that made
-  the backward 4x slower and its HLO 3x larger. A window sum over a
-  two-element stack ``[0, x]`` (``x`` is its second
-  partial sum) is not fused into consumers and costs one
-  copy. (``lax.optimization_barrier`` does not help, XLA:CPU drops it before
-  fusion; a plain ``sum`` over the stack is taken by XLA:CPU's YNNPACK reduce,
-  which makes this copy 12x slower than the cumulative sum.)
+  the backward 4x slower and its HLO 3x larger. The cumulative sum of the
+  two-element stack ``[0, x]`` (``x`` is its second partial sum, exactly) is
+  not fused into consumers and costs one copy. (``lax.optimization_barrier``
+  does not help, XLA:CPU drops it before fusion; a plain ``sum`` over the
+  stack is taken by XLA:CPU's YNNPACK reduce, which makes the copy 12x
+  slower.)
   """
   return jax.lax.cumsum(jnp.stack([jnp.zeros_like(x), x]), axis=0)[1]
 
@@ -319,7 +319,7 @@ def conv2d(
   kernel without padding runs as a (strided) matrix product over channels:
   XLA:CPU sometimes lowers the weight gradient of a 1x1 convolution as a
   convolution over the whole image (inside a ``lax.scan`` body it always
-  does), 100x slower than the same product as a matmul.
+  does), about 20x slower than the same product as a matmul.
   """
   stride = (stride, stride) if isinstance(stride, int) else tuple(stride)
   padding = (padding, padding) if isinstance(padding, int) else tuple(padding)
