@@ -205,6 +205,31 @@ def _materialize(x):
   return jax.lax.cumsum(jnp.stack([jnp.zeros_like(x), x]), axis=0)[1]
 
 
+def _spread(g, fill, geometry):
+  """An output-resolution array at input resolution, for a backward pass.
+
+  ``geometry`` is the forward window's (stride, dilation, padding, h, w, k),
+  h and w its input size. ``stride - 1`` cells of ``fill`` between samples, padded so that a
+  stride-1 window ``t`` (row-major over the k x k taps, dilated) over the
+  result, at input pixel q, reads the output whose tap ``k*k - 1 - t`` sits
+  at q.
+  """
+  stride, dilation, padding, h, w, k = geometry
+  before = (k - 1) * dilation - padding
+  after_h = h + (k - 1) * dilation - before - ((g.shape[1] - 1) * stride + 1)
+  after_w = w + (k - 1) * dilation - before - ((g.shape[2] - 1) * stride + 1)
+  return jax.lax.pad(
+      g,
+      fill,
+      (
+          (0, 0, 0),
+          (before, after_h, stride - 1),
+          (before, after_w, stride - 1),
+          (0, 0, 0),
+      ),
+  )
+
+
 # The shift_vjp path: three functions that are each other's derivatives, so
 # autodiff never expands the k*k taps (and second order works): the forward
 # y = conv(x, taps), the input gradient dx = conv_t(g, taps) and the weight
@@ -231,8 +256,14 @@ def _conv_vjp(x, taps, geometry):
   return _shift_add(x, taps, stride, dilation, padding)
 
 
-def _conv_fwd(x, taps, geometry):
-  return _conv_vjp(x, taps, geometry), jax.lax.optimization_barrier((x, taps))
+def _saving_inputs(fn):
+  """The forward rule of ``fn(a, b, geometry)``: its output, ``(a, b)`` kept
+  through the barrier the comment above explains."""
+
+  def fwd(a, b, geometry):
+    return fn(a, b, geometry), jax.lax.optimization_barrier((a, b))
+
+  return fwd
 
 
 def _conv_bwd(geometry, residuals, g):
@@ -240,7 +271,7 @@ def _conv_bwd(geometry, residuals, g):
   return _conv_t(g, taps, geometry), _conv_w(x, g, geometry)
 
 
-_conv_vjp.defvjp(_conv_fwd, _conv_bwd)
+_conv_vjp.defvjp(_saving_inputs(_conv_vjp), _conv_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -249,26 +280,9 @@ def _conv_t(g, taps, geometry):
   kernel over the cotangent spread to input resolution (stride - 1 zeros
   between samples) and padded so that output pixel u reads
   g_up[u + padding - i * dilation] for tap i."""
-  stride, dilation, padding, h, w, k = geometry
-  h_out, w_out = g.shape[1], g.shape[2]
-  before = (k - 1) * dilation - padding
-  after_h = h + (k - 1) * dilation - before - ((h_out - 1) * stride + 1)
-  after_w = w + (k - 1) * dilation - before - ((w_out - 1) * stride + 1)
-  g_up = jax.lax.pad(
-      g,
-      jnp.zeros((), g.dtype),
-      (
-          (0, 0, 0),
-          (before, after_h, stride - 1),
-          (before, after_w, stride - 1),
-          (0, 0, 0),
-      ),
-  )
+  dilation = geometry[1]
+  g_up = _spread(g, jnp.zeros((), g.dtype), geometry)
   return _materialize(_shift_add(g_up, taps[::-1, ::-1], 1, dilation, 0))
-
-
-def _conv_t_fwd(g, taps, geometry):
-  return _conv_t(g, taps, geometry), jax.lax.optimization_barrier((g, taps))
 
 
 def _conv_t_bwd(geometry, residuals, ct):
@@ -276,7 +290,7 @@ def _conv_t_bwd(geometry, residuals, ct):
   return _conv_vjp(ct, taps, geometry), _conv_w(ct, g, geometry)
 
 
-_conv_t.defvjp(_conv_t_fwd, _conv_t_bwd)
+_conv_t.defvjp(_saving_inputs(_conv_t), _conv_t_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -298,16 +312,12 @@ def _conv_w(x, g, geometry):
   return jnp.stack(sums).reshape(k, k, -1).astype(x.dtype)
 
 
-def _conv_w_fwd(x, g, geometry):
-  return _conv_w(x, g, geometry), jax.lax.optimization_barrier((x, g))
-
-
 def _conv_w_bwd(geometry, residuals, ct):
   x, g = residuals
   return _conv_t(g, ct, geometry), _conv_vjp(x, ct, geometry)
 
 
-_conv_w.defvjp(_conv_w_fwd, _conv_w_bwd)
+_conv_w.defvjp(_saving_inputs(_conv_w), _conv_w_bwd)
 
 
 def conv2d(
@@ -388,15 +398,9 @@ def _max_pool_scatter(g, winner, stride, h, w):
   """Input gradient of the max pool: input pixel q gathers g[u] from every
   output u whose winning tap sits at q, read on the cotangent spread to
   input resolution as in ``_conv_t`` (k=3, padding 1)."""
-  h_out, w_out = g.shape[1], g.shape[2]
-  config = (
-      (0, 0, 0),
-      (1, h + 1 - ((h_out - 1) * stride + 1), stride - 1),
-      (1, w + 1 - ((w_out - 1) * stride + 1), stride - 1),
-      (0, 0, 0),
-  )
-  g_up = jax.lax.pad(g, jnp.zeros((), g.dtype), config)
-  won = jax.lax.pad(winner, jnp.int8(-1), config)
+  geometry = (stride, 1, 1, h, w, 3)
+  g_up = _spread(g, jnp.zeros((), g.dtype), geometry)
+  won = _spread(winner, jnp.int8(-1), geometry)
   g_windows = _tap_windows(g_up, 3, 1, 1, h, w)
   won_windows = _tap_windows(won, 3, 1, 1, h, w)
   dx = None
