@@ -86,13 +86,7 @@ def validate_config(config: config_lib.SearchConfig) -> None:
     raise UserError(
         f"unknown primitives {', '.join(unknown)}; registered ops: {', '.join(ops.OPS)}"
     )
-  if config.depthwise not in ops.DEPTHWISE_CHOICES:
-    raise UserError(
-        f"depthwise={config.depthwise!r}; choose one of"
-        f" {', '.join(ops.DEPTHWISE_CHOICES)}"
-    )
-  if config.compute_dtype not in ("float32", "bfloat16"):
-    raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
+  validate_execution(config)
   for name in ("epochs", "batch_size", "init_channels", "layers", "steps", "steps_per_call"):
     if getattr(config, name) < 1:
       raise UserError(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -333,6 +327,20 @@ def make_evaluate(predict, config, mean, std, batch_size: int, mesh=None):
     return correct / max(n, 1)
 
   return evaluate
+
+
+def validate_execution(config) -> None:
+  """The execution fields search and training configs share: ``depthwise``
+  and ``compute_dtype``; raises ``UserError`` naming the field."""
+  from dnas import ops
+
+  if config.depthwise not in ops.DEPTHWISE_CHOICES:
+    raise UserError(
+        f"depthwise={config.depthwise!r}; choose one of"
+        f" {', '.join(ops.DEPTHWISE_CHOICES)}"
+    )
+  if config.compute_dtype not in ("float32", "bfloat16"):
+    raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
 
 
 def _set_depthwise(config) -> None:

@@ -32,7 +32,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dnas import config as config_lib
-from dnas import ops
 from dnas import search as search_lib
 from dnas.errors import UserError
 
@@ -127,13 +126,7 @@ def validate_config(config: config_lib.TrainConfig) -> None:
     raise UserError(
         f"lr_schedule={config.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}"
     )
-  if config.depthwise not in ops.DEPTHWISE_CHOICES:
-    raise UserError(
-        f"depthwise={config.depthwise!r}; choose one of"
-        f" {', '.join(ops.DEPTHWISE_CHOICES)}"
-    )
-  if config.compute_dtype not in ("float32", "bfloat16"):
-    raise UserError(f"compute_dtype={config.compute_dtype!r}; choose float32 or bfloat16")
+  search_lib.validate_execution(config)
   for name in ("epochs", "batch_size", "init_channels", "layers", "steps_per_call",
                "checkpoint_every_epochs", "keep_checkpoints"):
     if getattr(config, name) < 1:

@@ -163,6 +163,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         pytest.param({"primitives": ("none", "conv_9x9")}, "unknown primitives", id="unknown-primitive"),
         pytest.param({"multiplier": 5}, "multiplier", id="bad-multiplier"),
         pytest.param({"batch_size": 4000}, "batch_size", id="batch-too-large"),
+        pytest.param({"depthwise": "fft"}, "depthwise='fft'; choose one of auto, shift, shift_vjp, native", id="bad-depthwise"),
+        pytest.param({"compute_dtype": "float16"}, "compute_dtype='float16'", id="bad-dtype"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, overrides, message):

@@ -182,3 +182,16 @@ def test_imagenet_training_is_refused_clearly(tmp_path):
   config = dataclasses.replace(TINY, dataset="imagenet")
   with pytest.raises(UserError, match="streaming"):
     train.run_train(config, str(tmp_path), "DARTS_V2", progress=False, log=_quiet)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        pytest.param({"depthwise": "fft"}, "depthwise='fft'; choose one of auto, shift, shift_vjp, native", id="bad-depthwise"),
+        pytest.param({"compute_dtype": "float16"}, "compute_dtype='float16'", id="bad-dtype"),
+    ],
+)
+def test_bad_execution_field_is_one_clear_line(overrides, message):
+  with pytest.raises(UserError, match=message) as info:
+    train.validate_config(dataclasses.replace(TINY, **overrides))
+  assert "\n" not in str(info.value)
