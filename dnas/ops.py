@@ -296,20 +296,27 @@ _conv_t.defvjp(_saving_inputs(_conv_t), _conv_t_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_w(x, g, geometry):
   """The weight gradient of ``_conv``: for every tap, the sum over batch and
-  space of its input window times the cotangent, all k*k sums in one
-  variadic reduction (one pass over ``x`` and ``g``)."""
+  space of its input window times the cotangent.
+
+  All k*k sums run in one variadic reduction (one pass over ``x`` and
+  ``g``) over space only, keeping (batch, channel); a second, small
+  reduction sums the batch. XLA:CPU's loop for a reduction over
+  (batch, height, width) is 1.5-2.5x slower at the DARTS shapes (k=3:
+  3.5 ms against 1.9 ms at (64, 32, 32, 16)).
+  """
   stride, dilation, padding, _, _, k = geometry
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   windows = _tap_windows(xp, k, stride, dilation, g.shape[1], g.shape[2])
   acc_dtype = jnp.promote_types(x.dtype, jnp.float32)
   products = [(window * g).astype(acc_dtype) for window in windows]
-  sums = jax.lax.reduce(
+  per_image = jax.lax.reduce(
       products,
       [jnp.zeros((), acc_dtype)] * len(products),
       lambda a, b: [u + v for u, v in zip(a, b)],
-      (0, 1, 2),
+      (1, 2),
   )
-  return jnp.stack(sums).reshape(k, k, -1).astype(x.dtype)
+  sums = jnp.sum(jnp.stack(per_image), axis=1)
+  return sums.reshape(k, k, -1).astype(x.dtype)
 
 
 def _conv_w_bwd(geometry, residuals, ct):
