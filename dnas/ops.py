@@ -34,6 +34,10 @@ import os
 
 from flax import nnx
 import jax
+from jax.extend import core as jex_core
+from jax.interpreters import ad
+from jax.interpreters import batching
+from jax.interpreters import mlir
 import jax.numpy as jnp
 
 __all__ = [
@@ -230,52 +234,23 @@ def _spread(g, fill, geometry):
   )
 
 
-# The shift_vjp path: three functions that are each other's derivatives, so
-# autodiff never expands the k*k taps (and second order works): the forward
-# y = conv(x, taps), the input gradient dx = conv_t(g, taps) and the weight
-# gradient dtaps = conv_w(x, g). All three are bilinear. Each takes the
-# static geometry (stride, dilation, padding, h, w, k) of the forward conv
-# (h, w: its input size, k: its kernel size) and never reads shapes off its
-# residuals. The residuals pass through ``lax.optimization_barrier`` (free:
-# XLA:CPU drops it): a residual that is the primal input itself is
-# "forwarded" by JAX, and JAX 0.10's dead-code elimination of a custom
-# backward inside a scan's transpose then misaligns residuals and cotangents
-# (the second derivative of a scanned cell failed with shape errors).
+# The shift_vjp path: three bilinear JAX primitives that are each other's
+# derivatives, y = conv(x, taps), the input gradient dx = conv_t(g, taps) and
+# the weight gradient dtaps = conv_w(x, g). Each is lowered as shifted
+# multiply-adds, and each carries a forward-mode rule (bilinear: the sum of
+# the two partial applications) and a transpose rule (the other two), so
+# autodiff never expands the k*k taps, in reverse mode, in forward mode, or
+# nested (the exact second-order hypergradient is forward-over-reverse).
+# Each takes the static geometry (stride, dilation, padding, h, w, k) of the
+# forward conv (h, w: its input size, k: its kernel size).
 
 
-def _conv(x, taps, stride, dilation, padding):
-  """Depthwise conv with hand-written derivatives; ``taps`` is (k, k, C)."""
-  return _conv_vjp(
-      x, taps, (stride, dilation, padding, x.shape[1], x.shape[2], taps.shape[0])
-  )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_vjp(x, taps, geometry):
+def _conv_impl(x, taps, *, geometry):
   stride, dilation, padding = geometry[:3]
   return _shift_add(x, taps, stride, dilation, padding)
 
 
-def _saving_inputs(fn):
-  """The forward rule of ``fn(a, b, geometry)``: its output, ``(a, b)`` kept
-  through the barrier the comment above explains."""
-
-  def fwd(a, b, geometry):
-    return fn(a, b, geometry), jax.lax.optimization_barrier((a, b))
-
-  return fwd
-
-
-def _conv_bwd(geometry, residuals, g):
-  x, taps = residuals
-  return _conv_t(g, taps, geometry), _conv_w(x, g, geometry)
-
-
-_conv_vjp.defvjp(_saving_inputs(_conv_vjp), _conv_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_t(g, taps, geometry):
+def _conv_t_impl(g, taps, *, geometry):
   """The input gradient of ``_conv``: a stride-1 shift-add with the flipped
   kernel over the cotangent spread to input resolution (stride - 1 zeros
   between samples) and padded so that output pixel u reads
@@ -285,16 +260,7 @@ def _conv_t(g, taps, geometry):
   return _materialize(_shift_add(g_up, taps[::-1, ::-1], 1, dilation, 0))
 
 
-def _conv_t_bwd(geometry, residuals, ct):
-  g, taps = residuals
-  return _conv_vjp(ct, taps, geometry), _conv_w(ct, g, geometry)
-
-
-_conv_t.defvjp(_saving_inputs(_conv_t), _conv_t_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_w(x, g, geometry):
+def _conv_w_impl(x, g, *, geometry):
   """The weight gradient of ``_conv``: for every tap, the sum over batch and
   space of its input window times the cotangent.
 
@@ -319,12 +285,86 @@ def _conv_w(x, g, geometry):
   return sums.reshape(k, k, -1).astype(x.dtype)
 
 
-def _conv_w_bwd(geometry, residuals, ct):
-  x, g = residuals
-  return _conv_t(g, ct, geometry), _conv_vjp(x, ct, geometry)
+def _primitive(name, impl, linear_in=None):
+  """A JAX primitive computed by the jnp function ``impl(*args, **params)``.
+
+  Its shape rule is ``impl``'s own (``jax.eval_shape``), and it lowers to
+  ``impl``'s HLO. ``linear_in`` (for a primitive linear in its first
+  argument only, the others integer data) gives it the forward rule
+  ``prim(dx, *rest)``; bilinear primitives get theirs from
+  ``ad.defbilinear``.
+  """
+  prim = jex_core.Primitive(name)
+  prim.def_impl(impl)
+
+  def abstract_eval(*avals, **params):
+    out = jax.eval_shape(
+        functools.partial(impl, **params),
+        *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals),
+    )
+    return jax.core.ShapedArray(out.shape, out.dtype)
+
+  prim.def_abstract_eval(abstract_eval)
+  mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
+  batching.primitive_batchers[prim] = functools.partial(_fold_into_channels, prim)
+  if linear_in:
+    ad.defjvp(prim, lambda t, x, *rest, **params: prim.bind(t, *rest, **params), None)
+  return prim
 
 
-_conv_w.defvjp(_saving_inputs(_conv_w), _conv_w_bwd)
+def _fold_into_channels(prim, args, dims, **params):
+  """The batching rule of a channel-wise primitive (every operand's last
+  axis is channels, and channels never mix): the mapped axis joins the
+  channels, unmapped operands are repeated along it."""
+  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+  folded = []
+  for a, d in zip(args, dims):
+    if d is None:
+      a = jnp.broadcast_to(a[..., None, :], a.shape[:-1] + (size, a.shape[-1]))
+    else:
+      a = jnp.moveaxis(a, d, -2)
+    folded.append(a.reshape(a.shape[:-2] + (-1,)))
+  out = prim.bind(*folded, **params)
+  return out.reshape(out.shape[:-1] + (size, -1)), out.ndim - 1
+
+
+_conv_p = _primitive("dnas_depthwise_conv", _conv_impl)
+_conv_t_p = _primitive("dnas_depthwise_conv_t", _conv_t_impl)
+_conv_w_p = _primitive("dnas_depthwise_conv_w", _conv_w_impl)
+
+
+def _conv(x, taps, stride, dilation, padding):
+  """Depthwise conv with hand-written derivatives; ``taps`` is (k, k, C)."""
+  geometry = (stride, dilation, padding, x.shape[1], x.shape[2], taps.shape[0])
+  return _conv_p.bind(x, taps, geometry=geometry)
+
+
+def _conv_t(g, taps, geometry):
+  return _conv_t_p.bind(g, taps, geometry=geometry)
+
+
+def _conv_w(x, g, geometry):
+  return _conv_w_p.bind(x, g, geometry=geometry)
+
+
+# Transposes: y = conv(x, taps) gives x_bar = conv_t(y_bar, taps) and
+# taps_bar = conv_w(x, y_bar); the rules of conv_t and conv_w follow from
+# the same bilinear form <conv(x, taps), g>.
+ad.defbilinear(
+    _conv_p,
+    lambda ct, x, taps, *, geometry: _conv_t(ct, taps, geometry),
+    lambda ct, x, taps, *, geometry: _conv_w(x, ct, geometry),
+)
+ad.defbilinear(
+    _conv_t_p,
+    lambda ct, g, taps, *, geometry: _conv_p.bind(ct, taps, geometry=geometry),
+    lambda ct, g, taps, *, geometry: _conv_w(ct, g, geometry),
+)
+ad.defbilinear(
+    _conv_w_p,
+    lambda ct, x, g, *, geometry: _conv_t(g, ct, geometry),
+    lambda ct, x, g, *, geometry: _conv_p.bind(x, ct, geometry=geometry),
+)
 
 
 def conv2d(
@@ -371,16 +411,23 @@ def max_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:
 
   The maximum of the nine shifted windows, with a hand-written derivative:
   the forward keeps which tap won each window (the first, as PyTorch's does,
-  NaN winning), and the backward sends each output's cotangent to that tap
-  as nine shifted selects. XLA:CPU's own derivative of a window max
-  (select-and-scatter) costs 5x the forward.
+  NaN winning); the tangent reads each output's winning input
+  (``_pool_gather``) and the cotangent goes back to it as nine shifted
+  selects (``_pool_scatter``, its transpose). XLA:CPU's own derivative of a
+  window max (select-and-scatter) costs 5x the forward.
   """
   return _max_pool(x, (stride, x.shape[1], x.shape[2]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_pool(x, geometry):
   return _max_pool_fwd(x, geometry)[0]
+
+
+@_max_pool.defjvp
+def _max_pool_jvp(geometry, primals, tangents):
+  out, winner = _max_pool_fwd(primals[0], geometry)
+  return out, _pool_gather_p.bind(tangents[0], winner, geometry=geometry)
 
 
 def _max_pool_fwd(x, geometry):
@@ -397,17 +444,26 @@ def _max_pool_fwd(x, geometry):
   return out, winner
 
 
-def _max_pool_bwd(geometry, winner, g):
-  return (_max_pool_scatter(g, winner, *geometry),)
+def _pool_gather_impl(dx, winner, *, geometry):
+  """Each output's value of ``dx`` at its winning tap (the pool's tangent)."""
+  stride = geometry[0]
+  xp = jnp.pad(dx, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  windows = _tap_windows(xp, 3, stride, 1, winner.shape[1], winner.shape[2])
+  out = None
+  for tap, window in enumerate(windows):
+    term = jnp.where(winner == tap, window, jnp.zeros((), dx.dtype))
+    out = term if out is None else out + term
+  return out
 
 
-def _max_pool_scatter(g, winner, stride, h, w):
-  """Input gradient of the max pool: input pixel q gathers g[u] from every
+def _pool_scatter_impl(g, winner, *, geometry):
+  """The transpose of ``_pool_gather``: input pixel q gathers g[u] from every
   output u whose winning tap sits at q, read on the cotangent spread to
   input resolution as in ``_conv_t`` (k=3, padding 1)."""
-  geometry = (stride, 1, 1, h, w, 3)
-  g_up = _spread(g, jnp.zeros((), g.dtype), geometry)
-  won = _spread(winner, jnp.int8(-1), geometry)
+  stride, h, w = geometry
+  spread = (stride, 1, 1, h, w, 3)
+  g_up = _spread(g, jnp.zeros((), g.dtype), spread)
+  won = _spread(winner, jnp.int8(-1), spread)
   g_windows = _tap_windows(g_up, 3, 1, 1, h, w)
   won_windows = _tap_windows(won, 3, 1, 1, h, w)
   dx = None
@@ -419,7 +475,24 @@ def _max_pool_scatter(g, winner, stride, h, w):
   return _materialize(dx)
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_pool_gather_p = _primitive("dnas_max_pool_gather", _pool_gather_impl, linear_in=True)
+_pool_scatter_p = _primitive("dnas_max_pool_scatter", _pool_scatter_impl, linear_in=True)
+
+
+def _transposing_to(other):
+  """The transpose rule of a primitive linear in its first argument whose
+  transpose is ``other`` (the winners are integer data, never transposed)."""
+
+  def rule(ct, arg, winner, *, geometry):
+    if type(ct) is ad.Zero:
+      return ad.Zero(arg.aval.to_ct_aval()), None
+    return other.bind(ct, winner, geometry=geometry), None
+
+  return rule
+
+
+ad.primitive_transposes[_pool_gather_p] = _transposing_to(_pool_scatter_p)
+ad.primitive_transposes[_pool_scatter_p] = _transposing_to(_pool_gather_p)
 
 
 def avg_pool_3x3(x: jax.Array, stride: int = 1) -> jax.Array:

@@ -72,6 +72,36 @@ def test_shift_vjp_second_order_matches_native(geometry):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("geometry", GEOMETRIES.values(), ids=GEOMETRIES.keys())
+def test_shift_vjp_forward_mode_and_vmap_match_native(geometry):
+  """The primitives' forward rules (jvp, and jvp of a gradient: the exact
+  hypergradient's forward-over-reverse) and their batching rule (a per-example
+  gradient under vmap) against the native grouped convolution."""
+  x, w = _inputs(geometry[0], 7)
+  dx = jax.random.normal(jax.random.key(3), x.shape)
+  dw = jax.random.normal(jax.random.key(4), w.shape)
+
+  def loss(impl):
+    conv = _conv(impl, *geometry)
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+
+  def jvp(impl):
+    return jax.jvp(loss(impl), (x, w), (dx, dw))[1]
+
+  def forward_over_reverse(impl):
+    return jax.jvp(jax.grad(loss(impl), argnums=(0, 1)), (x, w), (dx, dw))[1]
+
+  def per_example(impl):
+    # vmap over the images with the kernel shared, and over kernels with x shared.
+    per_image = jax.vmap(jax.grad(loss(impl), argnums=1), in_axes=(0, None))(x[:, None], w)
+    per_kernel = jax.vmap(loss(impl), in_axes=(None, 0))(x, jnp.stack([w, dw]))
+    return per_image, per_kernel
+
+  for fn in (jvp, forward_over_reverse, per_example):
+    for got, want in zip(jax.tree.leaves(fn("shift_vjp")), jax.tree.leaves(fn("native"))):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_depthwise_env_choice(monkeypatch):
   monkeypatch.setenv("DNAS_DEPTHWISE", "nope")
   with pytest.raises(ValueError, match="DNAS_DEPTHWISE"):
@@ -125,6 +155,18 @@ def test_pools_match_reduce_window(kind, size, stride):
     )(cotangent)
 
   np.testing.assert_allclose(second(pool), second(reference), rtol=1e-6, atol=1e-6)
+
+  # Forward mode: the jvp, and the jvp of the gradient (forward-over-reverse).
+  def forward(fn):
+    f = lambda x: jnp.sum(jnp.sin(fn(x, stride)) ** 2)  # noqa: E731
+    return jax.jvp(f, (x,), (v,))[1], jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+  for got, want in zip(forward(pool), forward(reference)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # Batching: a pool vmapped over the images.
+  np.testing.assert_allclose(
+      jax.vmap(lambda x: pool(x[None], stride)[0])(x), y, rtol=1e-6, atol=1e-6
+  )
 
 
 def test_max_pool_gradient_goes_to_the_first_maximum():

@@ -8,10 +8,11 @@ step (Algorithm 1) is
    virtual SGD step w' = w - xi * grad_w L_train(w, alpha) (eq. 6-7);
 2. update the weights by descending grad_w L_train(w, alpha).
 
-The second-order hypergradient is computed two ways: ``second_order``
-differentiates through the virtual step exactly with automatic
-differentiation (no finite differences), and ``finite_difference`` is the
-paper's eq. 8 approximation, kept for comparison. As in the reference code,
+The second-order hypergradient is computed two ways: ``second_order`` is
+exact (eq. 7: the mixed second derivative times grad_w' L_val, as forward-mode
+differentiation of the alpha gradient of the training loss, no finite
+differences), and ``finite_difference`` is the paper's eq. 8 approximation,
+kept for comparison. As in the reference code,
 the virtual step is the weight optimiser's own step without clipping:
 w' = w - xi * (momentum * buffer + grad_w L_train + weight_decay * w), with xi
 the current weight learning rate.
@@ -196,27 +197,29 @@ class Darts:
       )(state.weights, state.alphas, state.rest, xv, yv)
       return grads, val_loss, logits, new_rest
     xi = self.weight_lr(state.step)
-    if mode == "second_order":
-
-      def unrolled_val_loss(alphas):
-        virtual = self._virtual_weights(state, alphas, xt, yt, xi)
-        return self.loss(virtual, alphas, state.rest, xv, yv)
-
-      (val_loss, (new_rest, logits)), grads = jax.value_and_grad(
-          unrolled_val_loss, has_aux=True
-      )(state.alphas)
-      return grads, val_loss, logits, new_rest
-    # finite_difference: DARTS eq. 8.
     virtual = jax.lax.stop_gradient(
         self._virtual_weights(state, state.alphas, xt, yt, xi)
     )
     (val_loss, (new_rest, logits)), (dw, da) = jax.value_and_grad(
         self.loss, argnums=(0, 1), has_aux=True
     )(virtual, state.alphas, state.rest, xv, yv)
+    grad_alpha_train = jax.grad(self.loss, argnums=1, has_aux=True)
+    if mode == "second_order":
+      # d/da L_val(w'(a), a) = da - xi * (d^2 L_train / da dw) dw, and the
+      # mixed term is the derivative of grad_a L_train(w + t dw, a) at t = 0:
+      # forward mode over the reverse pass (eq. 7 without eq. 8's
+      # difference quotient).
+      _, mixed = jax.jvp(
+          lambda w: grad_alpha_train(w, state.alphas, state.rest, xt, yt)[0],
+          (state.weights,),
+          (dw,),
+      )
+      grads = jax.tree.map(lambda g, m: g - xi * m, da, mixed)
+      return grads, val_loss, logits, new_rest
+    # finite_difference: DARTS eq. 8.
     eps = self.fd_radius / jnp.sqrt(_tree_dot(dw, dw))
     plus = jax.tree.map(lambda w, d: w + eps * d, state.weights, dw)
     minus = jax.tree.map(lambda w, d: w - eps * d, state.weights, dw)
-    grad_alpha_train = jax.grad(self.loss, argnums=1, has_aux=True)
     g_plus, _ = grad_alpha_train(plus, state.alphas, state.rest, xt, yt)
     g_minus, _ = grad_alpha_train(minus, state.alphas, state.rest, xt, yt)
     grads = jax.tree.map(
