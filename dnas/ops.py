@@ -288,7 +288,8 @@ def _conv_w_impl(x, g, *, geometry):
 def _primitive(name, impl, linear_in=None):
   """A JAX primitive computed by the jnp function ``impl(*args, **params)``.
 
-  Its shape rule is ``impl``'s own (``jax.eval_shape``), and it lowers to
+  Its shape rule is ``impl``'s own (``jax.eval_shape``, once per shape:
+  every retrace during differentiation binds the primitive again), and it lowers to
   ``impl``'s HLO. ``linear_in`` (for a primitive linear in its first
   argument only, the others integer data) gives it the forward rule
   ``prim(dx, *rest)``; bilinear primitives get theirs from
@@ -297,14 +298,19 @@ def _primitive(name, impl, linear_in=None):
   prim = jex_core.Primitive(name)
   prim.def_impl(impl)
 
-  def abstract_eval(*avals, **params):
+  @functools.lru_cache(maxsize=None)
+  def out_shape(in_shapes, params):
     out = jax.eval_shape(
-        functools.partial(impl, **params),
-        *(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals),
+        functools.partial(impl, **dict(params)),
+        *(jax.ShapeDtypeStruct(*shape) for shape in in_shapes),
     )
     return jax.core.ShapedArray(out.shape, out.dtype)
 
-  prim.def_abstract_eval(abstract_eval)
+  prim.def_abstract_eval(
+      lambda *avals, **params: out_shape(
+          tuple((a.shape, a.dtype) for a in avals), tuple(sorted(params.items()))
+      )
+  )
   mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
   batching.primitive_batchers[prim] = functools.partial(_fold_into_channels, prim)
   if linear_in:
