@@ -285,15 +285,15 @@ def _conv_w_impl(x, g, *, geometry):
   return sums.reshape(k, k, -1).astype(x.dtype)
 
 
-def _primitive(name, impl, linear_in=None):
+def _primitive(name, impl, linear=False):
   """A JAX primitive computed by the jnp function ``impl(*args, **params)``.
 
-  Its shape rule is ``impl``'s own (``jax.eval_shape``, once per shape:
-  every retrace during differentiation binds the primitive again), and it lowers to
-  ``impl``'s HLO. ``linear_in`` (for a primitive linear in its first
-  argument only, the others integer data) gives it the forward rule
-  ``prim(dx, *rest)``; bilinear primitives get theirs from
-  ``ad.defbilinear``.
+  Its shape rule is ``impl``'s own (``jax.eval_shape``, once per shape and
+  parameters: every retrace during differentiation binds the primitive
+  again), and it lowers to ``impl``'s HLO. ``linear`` marks ``impl(a, b)``
+  as linear in ``a`` with ``b`` integer data (a pool's winning taps) and
+  gives it the forward rule ``prim(da, b)``; bilinear primitives get theirs
+  from ``ad.defbilinear``.
   """
   prim = jex_core.Primitive(name)
   prim.def_impl(impl)
@@ -313,8 +313,8 @@ def _primitive(name, impl, linear_in=None):
   )
   mlir.register_lowering(prim, mlir.lower_fun(impl, multiple_results=False))
   batching.primitive_batchers[prim] = functools.partial(_fold_into_channels, prim)
-  if linear_in:
-    ad.defjvp(prim, lambda t, x, *rest, **params: prim.bind(t, *rest, **params), None)
+  if linear:
+    ad.defjvp(prim, lambda t, a, b, **params: prim.bind(t, b, **params), None)
   return prim
 
 
@@ -481,8 +481,8 @@ def _pool_scatter_impl(g, winner, *, geometry):
   return _materialize(dx)
 
 
-_pool_gather_p = _primitive("dnas_max_pool_gather", _pool_gather_impl, linear_in=True)
-_pool_scatter_p = _primitive("dnas_max_pool_scatter", _pool_scatter_impl, linear_in=True)
+_pool_gather_p = _primitive("dnas_max_pool_gather", _pool_gather_impl, linear=True)
+_pool_scatter_p = _primitive("dnas_max_pool_scatter", _pool_scatter_impl, linear=True)
 
 
 def _transposing_to(other):

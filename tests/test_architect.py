@@ -93,6 +93,24 @@ def test_exact_second_order_matches_numerical_derivative_of_unrolled_objective(p
   np.testing.assert_allclose(exact, numeric, rtol=1e-4, atol=1e-7)
   assert np.abs(exact).max() > 1e-3  # a real gradient, not all zeros
 
+  # A second path to the same number: reverse mode through the virtual step
+  # (the architect takes the mixed term forward-over-reverse), with the
+  # architect's own xi (its schedule computes 0.1 in float32).
+  with jax.enable_x64(True):
+    xi = architect.weight_lr(state.step)
+    buffers = state.w_opt[2].trace
+
+    def unrolled(alphas):
+      grads, _ = jax.grad(architect.loss, has_aux=True)(state.weights, alphas, state.rest, *train)
+      virtual = jax.tree.map(
+          lambda w, g, m: w - xi * (config.w_momentum * m + g + config.w_weight_decay * w),
+          state.weights, grads, buffers,
+      )
+      return architect.loss(virtual, alphas, state.rest, *val)[0]
+
+    reverse = _flat(jax.jit(jax.grad(unrolled))(state.alphas))
+  np.testing.assert_allclose(exact, reverse, rtol=1e-9, atol=1e-13)
+
 
 def test_exact_with_zero_xi_equals_first_order(problem):
   exact = _hypergradient(problem, "second_order", w_lr=0.0, w_lr_min=0.0)
