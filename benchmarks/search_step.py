@@ -43,9 +43,14 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--no-scan-edges", action="store_true", help="unroll every edge (Supernet(scan_edges=False))")
   parser.add_argument("--no-remat", action="store_true", help="keep every activation for the backward (Supernet(remat=False))")
+  parser.add_argument("--devices", type=int, default=0,
+                      help="on CPU: split the host into this many XLA devices and shard the batch over them (0: as jax finds it)")
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
+  if args.devices:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_force_host_platform_device_count={args.devices}")
   if args.depthwise != "auto":
     os.environ["DNAS_DEPTHWISE"] = args.depthwise
 
@@ -60,6 +65,7 @@ def main(argv=None) -> int:
   from flax import nnx
 
   from dnas import config as config_lib
+  from dnas import distributed
   from dnas import supernet
   from dnas.architects import darts
 
@@ -81,6 +87,10 @@ def main(argv=None) -> int:
   shape = (args.batch, args.image_size, args.image_size, 3)
   train = (jax.random.normal(keys[0], shape, dtype), jax.random.randint(keys[1], (args.batch,), 0, 10))
   val = (jax.random.normal(keys[2], shape, dtype), jax.random.randint(keys[3], (args.batch,), 0, 10))
+  mesh = distributed.data_mesh()
+  distributed.check_batch(args.batch, mesh)
+  state = distributed.put_replicated(state, mesh)
+  train, val = jax.device_put((train, val), distributed.batch_sharded(mesh))
   step = jax.jit(architect.step, donate_argnums=(0,))
   started = time.perf_counter()
   lowered = step.lower(state, train, val)
