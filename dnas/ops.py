@@ -34,6 +34,7 @@ import os
 
 from flax import nnx
 import jax
+from jax.ad_checkpoint import checkpoint_name
 from jax.extend import core as jex_core
 from jax.interpreters import ad
 from jax.interpreters import batching
@@ -564,9 +565,13 @@ class BatchNorm(nnx.Module):
       mean, var = self.mean.get_value(), self.var.get_value()
     else:
       x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-      mean = jnp.mean(x32, axis=(0, 1, 2))
-      var = jnp.mean(jnp.square(x32), axis=(0, 1, 2)) - jnp.square(mean)
-      var = jnp.maximum(var, 0.0)
+      # The two reductions are named so that a rematerialising caller can
+      # keep them (C floats each) instead of redoing them over the batch.
+      mean = checkpoint_name(jnp.mean(x32, axis=(0, 1, 2)), "batchnorm_stats")
+      mean_sq = checkpoint_name(
+          jnp.mean(jnp.square(x32), axis=(0, 1, 2)), "batchnorm_stats"
+      )
+      var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
       count = x.shape[0] * x.shape[1] * x.shape[2]
       unbiased = var * (count / max(count - 1, 1))
       self.mean.set_value(
