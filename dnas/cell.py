@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 
 from flax import nnx
 import jax
@@ -191,26 +192,12 @@ class Cell(nnx.Module):
     src, dst, j, i = (jnp.asarray([g[k] for g in group], jnp.int32) for k in range(1, 5))
     rows = None if extra is None else extra[index]
 
-    def body(states, xs):
-      params, rest, row, src, dst, j, i = xs
-      op = nnx.merge(graphdef, params, rest)
-      read = states if source is None else source
-      x = jax.lax.dynamic_index_in_dim(read, src, keepdims=False)
-      x = checkpoint_name(x, "edge_input")
-      y = apply(op, x, row, j, i)
-      node = jax.lax.dynamic_index_in_dim(states, dst, keepdims=False) + y
-      states = jax.lax.dynamic_update_index_in_dim(states, node, dst, 0)
-      return states, nnx.state(op, nnx.Not(nnx.Param))
-
-    if self.remat:
-      body = jax.checkpoint(
-          body,
-          policy=jax.checkpoint_policies.save_only_these_names(
-              "edge_input", "batchnorm_stats"
-          ),
-          prevent_cse=False,
-      )
-    states, new_rest = jax.lax.scan(body, states, (params, rest, rows, src, dst, j, i))
+    body = _scan_body(graphdef, apply, self.remat, source is not None)
+    xs = (params, rest, rows, src, dst, j, i)
+    if source is None:
+      states, new_rest = jax.lax.scan(body, states, xs)
+    else:
+      (states, _), new_rest = jax.lax.scan(body, (states, source), xs)
     for k, m in enumerate(modules):
       nnx.update(m, jax.tree.map(lambda a, k=k: a[k], new_rest))
     return states
@@ -265,6 +252,47 @@ class Cell(nnx.Module):
       return out
 
     return self._run([self.preprocess0(s0), self.preprocess1(s1)], None, apply)
+
+
+def _scan_body(graphdef, apply, remat, with_source):
+  """The scanned edge: reads its input state, adds ``apply``'s output into
+  its destination node. The carry is ``states``, or ``(states, source)``
+  when the edges read a separate stack.
+
+  Built once per (edge structure, ``apply``, ``remat``) for the module-level
+  ``apply`` functions: ``lax.scan`` caches its traced body by the function's
+  identity, so the cells of one stage (equal edge structure and shapes), and
+  the alpha and weight passes of a search step, trace and differentiate one
+  body instead of one per cell and pass.
+  """
+  if apply is _mixed:
+    return _cached_scan_body(graphdef, apply, remat, with_source)
+  return _cached_scan_body.__wrapped__(graphdef, apply, remat, with_source)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_scan_body(graphdef, apply, remat, with_source):
+  def body(carry, xs):
+    states, source = carry if with_source else (carry, carry)
+    params, rest, row, src, dst, j, i = xs
+    op = nnx.merge(graphdef, params, rest)
+    x = jax.lax.dynamic_index_in_dim(source, src, keepdims=False)
+    x = checkpoint_name(x, "edge_input")
+    y = apply(op, x, row, j, i)
+    node = jax.lax.dynamic_index_in_dim(states, dst, keepdims=False) + y
+    states = jax.lax.dynamic_update_index_in_dim(states, node, dst, 0)
+    carry = (states, source) if with_source else states
+    return carry, nnx.state(op, nnx.Not(nnx.Param))
+
+  if remat:
+    body = jax.checkpoint(
+        body,
+        policy=jax.checkpoint_policies.save_only_these_names(
+            "edge_input", "batchnorm_stats"
+        ),
+        prevent_cse=False,
+    )
+  return body
 
 
 def _mixed(edge, x, weights, j, i):
