@@ -149,3 +149,31 @@ def test_scanned_sampled_child_matches_the_unrolled_one(reduction):
     got = run(True, remat)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", [False, True], ids=["normal", "reduce"])
+def test_cells_of_one_structure_share_one_traced_body(reduction):
+  """Two cells with equal structure and shapes trace their edge scan once
+  (the same body jaxpr) and still compute each with its own weights."""
+  s0, s1, weights = _inputs()
+  cells = [
+      Cell(STEPS, 2, 3, 5, C, reduction, False, ops.PRIMITIVES,
+           scan_edges=True, remat=True, rngs=nnx.Rngs(seed))
+      for seed in (0, 1)
+  ]
+  graphdef, state = nnx.split(cells)
+
+  def both(state):
+    a, b = nnx.merge(graphdef, state, copy=True)
+    return a(s0, s1, weights), b(s0, s1, weights)
+
+  scans = [e for e in jax.make_jaxpr(both)(state).jaxpr.eqns if e.primitive.name == "scan"]
+  assert len(scans) == (4 if reduction else 2)
+  half = len(scans) // 2
+  for first, second in zip(scans[:half], scans[half:]):
+    assert first.params["jaxpr"] is second.params["jaxpr"]
+  got = jax.jit(both)(state)
+  for cell, y in zip(cells, got):
+    alone = _run(cell, s0, s1, weights)[0]
+    np.testing.assert_allclose(y, alone, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(got[0], got[1])
