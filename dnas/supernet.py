@@ -40,9 +40,9 @@ class Supernet(nnx.Module):
     relaxation: name in ``relaxations.RELAXATIONS`` or a callable.
     scan_edges: run each cell's same-shaped edges as one ``lax.scan``
       (``Cell``): same function, a several times shorter compile.
-    remat: keep only each edge's input for the backward pass and recompute
-      the edge's candidates there (``Cell``): same gradients, a fraction of
-      the memory.
+    remat: keep only each edge's input (and its BatchNorm statistics) for the
+      backward pass and recompute the edge's candidates there (``Cell``):
+      same gradients, a fraction of the memory.
     rngs: keys; ``rngs.params`` initialises weights and alphas.
 
   Example:
