@@ -58,10 +58,10 @@ class Cell(nnx.Module):
       floats each: the recomputation skips two reductions over the batch
       per BatchNorm) and recomputes its candidates' forward, instead of
       keeping every intermediate of every candidate (about 40 activations
-      per edge in the DARTS space). At batch 64 on CPU this cut a cell's temporary memory
-      10x and made its step faster (less memory traffic). On XLA:CPU it
-      takes effect in the scanned form only: unrolled, the compiler merges
-      the recomputation back into the forward pass.
+      per edge in the DARTS space). At batch 64 on CPU this cut a cell's
+      temporary memory 10x and made its step faster (less memory traffic).
+      On XLA:CPU it takes effect in the scanned form only: unrolled, the
+      compiler merges the recomputation back into the forward pass.
     rngs: parameter initialisation keys.
 
   Example:

@@ -398,7 +398,8 @@ def conv2d(
     if stride != (1, 1):
       x = x[:, :: stride[0], :: stride[1], :]
     n, h, w, c = x.shape
-    y = jax.lax.dot_general(x.reshape(n * h * w, c), kernel[0, 0], (((1,), (0,)), ((), ())))
+    rows = x.reshape(n * h * w, c)
+    y = jax.lax.dot_general(rows, kernel[0, 0], (((1,), (0,)), ((), ())))
     return y.reshape(n, h, w, kernel.shape[-1])
   return jax.lax.conv_general_dilated(
       x,
