@@ -17,6 +17,15 @@ from dnas.mixed_op import MixedOp
 __all__ = ["Cell", "num_edges"]
 
 
+# What a rematerialised edge keeps for its backward pass: its input (named
+# in the scanned body; the unrolled edge keeps it as the checkpoint's
+# argument) and its BatchNorms' batch statistics.
+_EDGE_INPUT = "edge_input"
+_REMAT_POLICY = jax.checkpoint_policies.save_only_these_names(
+    _EDGE_INPUT, ops.BATCHNORM_STATS
+)
+
+
 def num_edges(steps: int) -> int:
   """Edges of a cell with ``steps`` intermediate nodes: 2 + 3 + ... (14 for 4)."""
   return sum(2 + i for i in range(steps))
@@ -129,10 +138,7 @@ class Cell(nnx.Module):
       op = nnx.merge(graphdef, params, rest)
       return fn(op, x), nnx.state(op, nnx.Not(nnx.Param))
 
-    y, new_rest = jax.checkpoint(
-        run,
-        policy=jax.checkpoint_policies.save_only_these_names("batchnorm_stats"),
-    )(params, rest, x)
+    y, new_rest = jax.checkpoint(run, policy=_REMAT_POLICY)(params, rest, x)
     nnx.update(self.edges[e], new_rest)
     return y
 
@@ -277,7 +283,7 @@ def _cached_scan_body(graphdef, apply, remat, with_source):
     params, rest, row, src, dst, j, i = xs
     op = nnx.merge(graphdef, params, rest)
     x = jax.lax.dynamic_index_in_dim(source, src, keepdims=False)
-    x = checkpoint_name(x, "edge_input")
+    x = checkpoint_name(x, _EDGE_INPUT)
     y = apply(op, x, row, j, i)
     node = jax.lax.dynamic_index_in_dim(states, dst, keepdims=False) + y
     states = jax.lax.dynamic_update_index_in_dim(states, node, dst, 0)
@@ -285,13 +291,7 @@ def _cached_scan_body(graphdef, apply, remat, with_source):
     return carry, nnx.state(op, nnx.Not(nnx.Param))
 
   if remat:
-    body = jax.checkpoint(
-        body,
-        policy=jax.checkpoint_policies.save_only_these_names(
-            "edge_input", "batchnorm_stats"
-        ),
-        prevent_cse=False,
-    )
+    body = jax.checkpoint(body, policy=_REMAT_POLICY, prevent_cse=False)
   return body
 
 

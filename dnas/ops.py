@@ -51,6 +51,7 @@ __all__ = [
     "conv2d",
     "torch_conv_init",
     "BatchNorm",
+    "BATCHNORM_STATS",
     "Conv",
     "DepthwiseConv",
     "ReLUConvBN",
@@ -84,6 +85,9 @@ torch_conv_init = jax.nn.initializers.variance_scaling(
 # BatchNorm as in PyTorch: momentum 0.1 on the new statistic, eps 1e-5.
 _BN_MOMENTUM = 0.9
 _BN_EPSILON = 1e-5
+# The ``checkpoint_name`` of BatchNorm's two batch reductions (mean, mean of
+# squares): a rematerialising caller's policy can keep them.
+BATCHNORM_STATS = "batchnorm_stats"
 
 
 DEPTHWISE_IMPLS = ("shift", "shift_vjp", "native")
@@ -568,9 +572,9 @@ class BatchNorm(nnx.Module):
       x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       # The two reductions are named so that a rematerialising caller can
       # keep them (C floats each) instead of redoing them over the batch.
-      mean = checkpoint_name(jnp.mean(x32, axis=(0, 1, 2)), "batchnorm_stats")
+      mean = checkpoint_name(jnp.mean(x32, axis=(0, 1, 2)), BATCHNORM_STATS)
       mean_sq = checkpoint_name(
-          jnp.mean(jnp.square(x32), axis=(0, 1, 2)), "batchnorm_stats"
+          jnp.mean(jnp.square(x32), axis=(0, 1, 2)), BATCHNORM_STATS
       )
       var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
       count = x.shape[0] * x.shape[1] * x.shape[2]
