@@ -30,21 +30,32 @@ def _inputs():
   return s0, s1, weights
 
 
+def _per_edge(graphdef, params, rest):
+  """A cell's parameter-shaped and other leaves, preprocessing first, then
+  edge by edge: the same list whether the cell stores its edges stacked
+  (scanned) or one by one (unrolled)."""
+  cell = nnx.merge(graphdef, params, rest, copy=True)
+  parts = [cell.preprocess0, cell.preprocess1]
+  parts += [cell.edge(e) for e in range(num_edges(cell.steps))]
+  return [jax.tree.leaves(nnx.split(m, nnx.Param, ...)[1:]) for m in parts]
+
+
 def _run(cell, s0, s1, weights):
-  """Output, gradients w.r.t. weights and mixing weights, updated BN stats."""
+  """Output, gradients w.r.t. weights (per edge, with the updated BN stats)
+  and mixing weights."""
   graphdef, params, rest = nnx.split(cell, nnx.Param, ...)
 
   def loss(params, weights):
     model = nnx.merge(graphdef, params, rest, copy=True)
     y = model(s0, s1, weights)
     return jnp.sum(y * jnp.sin(jnp.arange(y.size).reshape(y.shape))), (
-        y, nnx.state(model, nnx.BatchStat)
+        y, nnx.split(model, nnx.Param, ...)[2]
     )
 
-  (_, (y, stats)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
-      params, weights
-  )
-  return y, grads, stats
+  (_, (y, stats)), (grads, weight_grads) = jax.value_and_grad(
+      loss, (0, 1), has_aux=True
+  )(params, weights)
+  return y, _per_edge(graphdef, grads, stats), weight_grads
 
 
 @pytest.mark.parametrize("remat", [False, True], ids=["keep", "remat"])
@@ -55,6 +66,7 @@ def test_scanned_edges_match_the_unrolled_cell(reduction, remat):
   want = _run(_cell(reduction, False), s0, s1, weights)
   size = 4 if reduction else 7
   assert got[0].shape == (2, size, size, 2 * C)
+  assert len(jax.tree.leaves(got)) == len(jax.tree.leaves(want))
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
@@ -113,13 +125,44 @@ def test_second_order_through_the_scan_matches_the_unrolled_cell():
 
 def test_edges_of_another_structure_fall_back_to_the_unrolled_loop():
   s0, s1, weights = _inputs()
-  cells = [_cell(False, scan) for scan in (True, False)]
-  for cell in cells:
-    # One edge with its own (smaller) candidate set: not stackable.
-    cell.edges[3] = MixedOp(C, 1, ops.PRIMITIVES[:4], rngs=nnx.Rngs(5))
+  # One edge with its own (smaller) candidate set: not stackable.
+  per_edge = [ops.PRIMITIVES] * num_edges(STEPS)
+  per_edge[3] = ops.PRIMITIVES[:4]
+  cells = [
+      Cell(STEPS, 2, 3, 5, C, False, False, per_edge, scan_edges=scan,
+           rngs=nnx.Rngs(0))
+      for scan in (True, False)
+  ]
+  assert not any(stacked for _, stacked in cells[0].edge_layout)
+  assert isinstance(cells[0].edge(3), MixedOp)
+  assert cells[0].edge(3).primitives == tuple(ops.PRIMITIVES[:4])
   got, want = (_run(cell, s0, s1, weights) for cell in cells)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_scanned_cell_stores_each_group_stacked():
+  """A scanned cell keeps one MixedOp per group whose variables carry the
+  edge axis (no stacking per step), initialised as the unrolled cell."""
+  for reduction, sizes in ((False, [num_edges(STEPS)]), (True, [2 * STEPS, 3])):
+    scanned, unrolled = _cell(reduction, True), _cell(reduction, False)
+    assert [len(ids) for ids, _ in scanned.edge_layout] == sizes
+    assert all(stacked for _, stacked in scanned.edge_layout)
+    assert len(unrolled.edge_groups) == num_edges(STEPS)
+    ids, _ = scanned.edge_layout[-1]
+    kernel = scanned.edge_groups[-1].candidates[4].depthwise1.kernel.get_value()
+    assert kernel.shape == (len(ids), 3, 3, 1, C)
+    for e in range(num_edges(STEPS)):
+      for a, b in zip(jax.tree.leaves(nnx.state(scanned.edge(e))),
+                      jax.tree.leaves(nnx.state(unrolled.edge(e)))):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(IndexError, match="out of range"):
+      scanned.edge(num_edges(STEPS))
+
+
+def test_per_edge_primitives_must_cover_every_edge():
+  with pytest.raises(ValueError, match="one list of op names per edge"):
+    Cell(STEPS, 2, 3, 5, C, False, False, [ops.PRIMITIVES] * 2, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("reduction", [False, True], ids=["normal", "reduce"])
@@ -138,11 +181,11 @@ def test_scanned_sampled_child_matches_the_unrolled_one(reduction):
       model = nnx.merge(graphdef, params, rest, copy=True)
       y = model.sampled(s0, s1, arch, op_ids)
       return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), (
-          y, nnx.state(model, nnx.BatchStat)
+          y, nnx.split(model, nnx.Param, ...)[2]
       )
 
-    (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
-    return aux, grads
+    (_, (y, stats)), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    return y, _per_edge(graphdef, grads, stats)
 
   want = run(False, False)
   for remat in (False, True):
