@@ -168,7 +168,9 @@ class Cell(nnx.Module):
     return None
 
   def __call__(self, s0: jax.Array, s1: jax.Array, weights: jax.Array) -> jax.Array:
-    """Runs the cell; ``weights`` has shape (num_edges(steps), num_ops)."""
+    """Runs the cell; ``weights`` has shape (num_edges(steps), num_ops),
+    with per-edge primitives a row per edge padded to the widest (edge
+    ``e`` reads the first ``len(primitives[e])`` entries of its row)."""
     return self._run([self.preprocess0(s0), self.preprocess1(s1)], weights, _mixed)
 
   def _run(self, states, extra, apply):
