@@ -116,7 +116,7 @@ class SearchConfig:
   steps_per_call: int = 1  # search steps per compiled call (a lax.scan)
   depthwise: str = "auto"  # auto, shift_vjp, shift or native (ops.depthwise_conv2d)
   compute_dtype: str = "float32"  # or bfloat16 (alphas and softmax stay f32)
-  scan_edges: bool = True  # a cell's same-shaped edges as one lax.scan (Cell)
+  scan_edges: bool = True  # same-shaped edges as one lax.scan, weights stacked (Cell)
   remat: bool = True  # recompute each edge in the backward pass (Cell)
   checkpoint_every_epochs: int = 1
   keep_checkpoints: int = 2

@@ -38,8 +38,10 @@ class Supernet(nnx.Module):
     alpha_init_scale: alphas start as ``scale * N(0, 1)`` (DARTS code: 1e-3);
       0 gives the paper's stated zeros.
     relaxation: name in ``relaxations.RELAXATIONS`` or a callable.
-    scan_edges: run each cell's same-shaped edges as one ``lax.scan``
-      (``Cell``): same function, a several times shorter compile.
+    scan_edges: run each cell's same-shaped edges as one ``lax.scan`` over
+      their weights, stored stacked (``Cell``): same function and the same
+      initial weights, a several times shorter compile. The state's layout
+      (and so a checkpoint's) follows this setting.
     remat: keep only each edge's input (and its BatchNorm statistics) for the
       backward pass and recompute the edge's candidates there (``Cell``):
       same gradients, a fraction of the memory.
