@@ -1,6 +1,7 @@
 """The command line: published counts, derive, and one-line errors with exit 2."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,56 @@ def test_plot_writes_an_image(tmp_path):
   proc = _dnas("plot", "--genotype", "DARTS_V2", "--out", str(tmp_path / "cell.png"))
   assert proc.returncode == 0, proc.stderr
   assert (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compiling_commands_keep_a_compile_cache_and_can_opt_out():
+  from dnas import cli
+
+  parser = cli._build_parser()
+  for argv in (["search", "--workdir", "w"], ["train", "--workdir", "w"],
+               ["reproduce", "--workdir", "w"]):
+    args = parser.parse_args(argv)
+    assert args.compiles and not args.no_compile_cache
+    assert parser.parse_args(argv + ["--no-compile-cache"]).no_compile_cache
+  assert not getattr(parser.parse_args(["derive", "--alphas", "a.npz"]), "compiles", False)
+
+
+_CACHE_PROBE = """
+import argparse, sys
+from dnas import cli
+cli._enable_compile_cache(argparse.Namespace(no_compile_cache=sys.argv[1] == "off"))
+import jax, jax.numpy as jnp
+print(float(jax.jit(lambda x: jnp.sin(x) * 2)(1.0)))
+"""
+
+
+@pytest.mark.parametrize("case", ["on", "off", "user-cache", "unwritable"])
+def test_compile_cache_directory(tmp_path, case):
+  """On by default in DNAS_COMPILE_CACHE, off on request, the user's own
+  JAX cache respected, and an unusable directory one warning line."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  ours = tmp_path / "cache"
+  env["DNAS_COMPILE_CACHE"] = str(ours)
+  if case == "user-cache":
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "users")
+  if case == "unwritable":
+    (tmp_path / "file").write_text("")
+    ours = tmp_path / "file" / "cache"
+    env["DNAS_COMPILE_CACHE"] = str(ours)
+  proc = subprocess.run(
+      [sys.executable, "-c", _CACHE_PROBE, case], capture_output=True, text=True,
+      timeout=300, env=env,
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert abs(float(proc.stdout) - 2 * np.sin(1.0)) < 1e-6
+  if case == "on":
+    assert any(ours.iterdir())  # the compiled program was written there
+  elif case == "user-cache":
+    assert not ours.exists() and any((tmp_path / "users").iterdir())
+  elif case == "off":
+    assert not ours.exists()
+  else:
+    warning = "dnas: warning: compiling without a cache: cannot create"
+    assert sum(line.startswith(warning) for line in proc.stderr.splitlines()) == 1
