@@ -134,12 +134,34 @@ def _add_distributed_flags(p) -> None:
 
 def _compile_cache_dir() -> str:
   """Where ``dnas search``, ``train`` and ``reproduce`` keep compiled steps:
-  ``$DNAS_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/dnas/jax`` (default
-  ``~/.cache/dnas/jax``)."""
+  under ``$DNAS_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/dnas/jax`` (default
+  ``~/.cache/dnas/jax``), in a subdirectory per jaxlib build and CPU: a home
+  directory shared by machines of different CPUs, or a jaxlib reinstalled
+  in place, never serves one machine's code to another."""
   if os.environ.get("DNAS_COMPILE_CACHE"):
-    return os.path.expanduser(os.environ["DNAS_COMPILE_CACHE"])
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "dnas", "jax")
+    base = os.path.expanduser(os.environ["DNAS_COMPILE_CACHE"])
+  else:
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    base = os.path.join(home, "dnas", "jax")
+  return os.path.join(base, _machine_fingerprint())
+
+
+def _machine_fingerprint() -> str:
+  """A short hash of the jaxlib build, the architecture and the CPU flags."""
+  import hashlib
+  import platform
+
+  import jaxlib.version
+
+  parts = [jaxlib.version.__version__, platform.machine(), platform.processor()]
+  try:
+    with open("/proc/cpuinfo") as f:
+      parts += sorted({line for line in f if line.startswith(("flags", "Features"))})
+  except OSError:
+    pass
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _enable_compile_cache(args) -> None:

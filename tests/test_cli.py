@@ -139,7 +139,9 @@ def test_compile_cache_directory(tmp_path, case):
   assert proc.returncode == 0, proc.stderr
   assert abs(float(proc.stdout) - 2 * np.sin(1.0)) < 1e-6
   if case == "on":
-    assert any(ours.iterdir())  # the compiled program was written there
+    # The compiled program was written there, under the machine's fingerprint.
+    (scoped,) = ours.iterdir()
+    assert len(scoped.name) == 16 and any(scoped.iterdir())
   elif case == "user-cache":
     assert not ours.exists() and any((tmp_path / "users").iterdir())
   elif case == "off":
