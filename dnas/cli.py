@@ -132,6 +132,9 @@ def _add_distributed_flags(p) -> None:
   group.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
 
 
+_COMPILE_CACHE_MAX_BYTES = 2 << 30
+
+
 def _compile_cache_dir() -> str:
   """Where ``dnas search``, ``train`` and ``reproduce`` keep compiled steps:
   under ``$DNAS_COMPILE_CACHE``, else ``$XDG_CACHE_HOME/dnas/jax`` (default
@@ -169,9 +172,10 @@ def _enable_compile_cache(args) -> None:
 
   A resumed run, another seed of ``reproduce`` or the same config again then
   loads its step from disk instead of compiling it again (the full search
-  step takes about 45 s to compile on two CPU cores). A cache the user set
-  with ``JAX_COMPILATION_CACHE_DIR`` is left as it is; ``--no-compile-cache``
-  turns it off.
+  step takes about 45 s to compile on two CPU cores). The cache keeps at
+  most 2 GiB (``JAX_COMPILATION_CACHE_MAX_SIZE`` sets another cap). A cache
+  the user set with ``JAX_COMPILATION_CACHE_DIR`` is left as it is;
+  ``--no-compile-cache`` turns it off.
   """
   if args.no_compile_cache or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     return
@@ -183,9 +187,17 @@ def _enable_compile_cache(args) -> None:
           f" ({error.strerror}); set DNAS_COMPILE_CACHE to a writable"
           " directory", file=sys.stderr)
     return
+  import importlib.util
+
   import jax
 
   jax.config.update("jax_compilation_cache_dir", path)
+  # Least recently used entries go beyond the cap (a full search step is
+  # about 3 MiB); JAX's eviction needs filelock, a dependency of dnas.
+  if not os.environ.get("JAX_COMPILATION_CACHE_MAX_SIZE") and importlib.util.find_spec(
+      "filelock"
+  ):
+    jax.config.update("jax_compilation_cache_max_size", _COMPILE_CACHE_MAX_BYTES)
 
 
 def _add_compile_cache_flag(p) -> None:

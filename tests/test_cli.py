@@ -113,7 +113,7 @@ import argparse, sys
 from dnas import cli
 cli._enable_compile_cache(argparse.Namespace(no_compile_cache=sys.argv[1] == "off"))
 import jax, jax.numpy as jnp
-print(float(jax.jit(lambda x: jnp.sin(x) * 2)(1.0)))
+print(float(jax.jit(lambda x: jnp.sin(x) * 2)(1.0)), jax.config.jax_compilation_cache_max_size)
 """
 
 
@@ -137,7 +137,9 @@ def test_compile_cache_directory(tmp_path, case):
       timeout=300, env=env,
   )
   assert proc.returncode == 0, proc.stderr
-  assert abs(float(proc.stdout) - 2 * np.sin(1.0)) < 1e-6
+  value, cap = proc.stdout.split()
+  assert abs(float(value) - 2 * np.sin(1.0)) < 1e-6
+  assert int(cap) == (2 << 30 if case == "on" else -1)
   if case == "on":
     # The compiled program was written there, under the machine's fingerprint.
     (scoped,) = ours.iterdir()
