@@ -223,7 +223,7 @@ def test_batchnorm_statistics_are_kept_by_remat():
 
   x = jax.random.normal(jax.random.key(0), (2, 3, 3, 4))
   counts, grads = [], []
-  for names in (("nothing",), ("batchnorm_stats",)):
+  for names in (("nothing",), (ops.BATCHNORM_STATS,)):
     policy = jax.checkpoint_policies.save_only_these_names(*names)
     grad = jax.grad(jax.checkpoint(f, policy=policy))
     counts.append(str(jax.make_jaxpr(grad)(x)).count("reduce_sum"))
