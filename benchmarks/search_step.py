@@ -11,7 +11,10 @@ plus weight update. Prints one JSON object:
 Fields: img_per_s (batch / step time, as the reference's figures count it: a
 step also reads a validation batch of the same size), step_s (median of --steps timed steps after
 --warmup), compile_s (trace + compile of the first call; trace_s of it is tracing and lowering), peak_rss_mib,
-achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
+user_s_per_step, sys_s_per_step and minor_faults_per_step (getrusage over the
+timed steps), malloc_tuned (the benchmark restarted with
+dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
+glibc's defaults), achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
 3.6 GFLOP, second-order 7.6 GFLOP per image), device and jax version.
 """
 
@@ -26,6 +29,16 @@ import sys
 import time
 
 GFLOP_PER_IMAGE = {1: 3.6, 2: 7.6}
+
+
+def _per_step_usage(before, steps):
+  """CPU time and minor page faults per timed step, from getrusage."""
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {
+      "user_s_per_step": (after.ru_utime - before.ru_utime) / steps,
+      "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
+      "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
+  }
 
 
 def main(argv=None) -> int:
@@ -45,9 +58,16 @@ def main(argv=None) -> int:
   parser.add_argument("--no-remat", action="store_true", help="keep every activation for the backward (Supernet(remat=False))")
   parser.add_argument("--devices", type=int, default=0,
                       help="on CPU: split the host into this many XLA devices and shard the batch over them (0: as jax finds it)")
+  parser.add_argument("--system-malloc", action="store_true",
+                      help="keep glibc's default malloc (by default the benchmark restarts with"
+                           " dnas.allocator.TUNABLES, as the dnas commands do)")
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
+  from dnas import allocator
+
+  if argv is None and not args.system_malloc:
+    allocator.reexec_tuned()
   if args.devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}")
@@ -103,11 +123,13 @@ def main(argv=None) -> int:
     state, metrics = compiled(state, train, val)
     jax.block_until_ready(metrics)
   times = []
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(args.steps):
     t0 = time.perf_counter()
     state, metrics = compiled(state, train, val)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
+  per_step = _per_step_usage(usage, args.steps)
   step_s = statistics.median(times)
   result = {
       "benchmark": "search_step",
@@ -125,10 +147,12 @@ def main(argv=None) -> int:
       "compile_s": compile_s,
       "trace_s": trace_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      **per_step,
       "achieved_gflop_s": GFLOP_PER_IMAGE[args.order] * args.batch / step_s,
       "device": str(jax.devices()[0].device_kind),
       "num_devices": jax.device_count(),
       "jax": jax.__version__,
+      "malloc_tuned": allocator.TUNABLES in os.environ.get("GLIBC_TUNABLES", ""),
       "loss": float(metrics["train_loss"]),
   }
   if args.json:

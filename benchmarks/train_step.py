@@ -10,7 +10,10 @@ object:
 
 Fields: img_per_s (batch / step_s), step_s (median of --steps timed steps
 after --warmup), compile_s (trace + compile of the first call),
-peak_rss_mib, achieved_gflop_s (3 x the forward's 1.057 GFLOP per image for
+peak_rss_mib, user_s_per_step, sys_s_per_step and minor_faults_per_step
+(getrusage over the timed steps), malloc_tuned (the benchmark restarted with
+dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
+glibc's defaults), achieved_gflop_s (3 x the forward's 1.057 GFLOP per image for
 forward + backward), device and jax version.
 """
 
@@ -27,6 +30,16 @@ import time
 FORWARD_GFLOP_PER_IMAGE = 1.057  # DARTS_V2, C=36, 20 cells, 32x32 (PERF_NOTES.md)
 
 
+def _per_step_usage(before, steps):
+  """CPU time and minor page faults per timed step, from getrusage."""
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {
+      "user_s_per_step": (after.ru_utime - before.ru_utime) / steps,
+      "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
+      "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
+  }
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=96)
@@ -36,8 +49,15 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
+  parser.add_argument("--system-malloc", action="store_true",
+                      help="keep glibc's default malloc (by default the benchmark restarts with"
+                           " dnas.allocator.TUNABLES, as the dnas commands do)")
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
+  from dnas import allocator
+
+  if argv is None and not args.system_malloc:
+    allocator.reexec_tuned()
   if args.depthwise != "auto":
     os.environ["DNAS_DEPTHWISE"] = args.depthwise
 
@@ -89,11 +109,13 @@ def main(argv=None) -> int:
     params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
     jax.block_until_ready(loss)
   times = []
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   for _ in range(args.steps):
     t0 = time.perf_counter()
     params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - t0)
+  per_step = _per_step_usage(usage, args.steps)
   step_s = statistics.median(times)
   result = {
       "benchmark": "train_step",
@@ -107,10 +129,12 @@ def main(argv=None) -> int:
       "compile_s": compile_s,
       "trace_s": trace_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      **per_step,
       "achieved_gflop_s": 3 * FORWARD_GFLOP_PER_IMAGE * args.batch / step_s,
       "device": str(jax.devices()[0].device_kind),
       "num_devices": jax.device_count(),
       "jax": jax.__version__,
+      "malloc_tuned": allocator.TUNABLES in os.environ.get("GLIBC_TUNABLES", ""),
       "loss": float(loss),
   }
   if args.json:
