@@ -477,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   if argv is None and getattr(args, "compiles", False):
     # A command that runs compiled steps starts again, once, with glibc's
-    # malloc keeping XLA:CPU's step buffers resident (dnas/allocator.py):
-    # 1.4x on the DARTS_V2 training step on two cores. Only the console
-    # script does this, never a caller of main() in its own process.
+    # malloc backing XLA:CPU's step buffers with transparent huge pages
+    # (dnas/allocator.py): 1.3-1.5x on the DARTS_V2 training step on two
+    # cores. Only the console script does this, never a caller of main()
+    # in its own process.
     from dnas import allocator
 
     allocator.reexec_tuned()
