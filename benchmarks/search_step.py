@@ -28,17 +28,9 @@ import statistics
 import sys
 import time
 
+import _harness  # benchmarks/_harness.py, beside this script
+
 GFLOP_PER_IMAGE = {1: 3.6, 2: 7.6}
-
-
-def _per_step_usage(before, steps):
-  """CPU time and minor page faults per timed step, from getrusage."""
-  after = resource.getrusage(resource.RUSAGE_SELF)
-  return {
-      "user_s_per_step": (after.ru_utime - before.ru_utime) / steps,
-      "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
-      "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
-  }
 
 
 def main(argv=None) -> int:
@@ -58,16 +50,11 @@ def main(argv=None) -> int:
   parser.add_argument("--no-remat", action="store_true", help="keep every activation for the backward (Supernet(remat=False))")
   parser.add_argument("--devices", type=int, default=0,
                       help="on CPU: split the host into this many XLA devices and shard the batch over them (0: as jax finds it)")
-  parser.add_argument("--system-malloc", action="store_true",
-                      help="keep glibc's default malloc (by default the benchmark restarts with"
-                           " dnas.allocator.TUNABLES, as the dnas commands do)")
+  _harness.add_malloc_flag(parser)
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
-  from dnas import allocator
-
-  if argv is None and not args.system_malloc:
-    allocator.reexec_tuned()
+  _harness.restart_tuned(args, argv)
   if args.devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}")
@@ -129,7 +116,7 @@ def main(argv=None) -> int:
     state, metrics = compiled(state, train, val)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
-  per_step = _per_step_usage(usage, args.steps)
+  per_step = _harness.per_step_usage(usage, args.steps)
   step_s = statistics.median(times)
   result = {
       "benchmark": "search_step",
@@ -152,7 +139,7 @@ def main(argv=None) -> int:
       "device": str(jax.devices()[0].device_kind),
       "num_devices": jax.device_count(),
       "jax": jax.__version__,
-      "malloc_tuned": allocator.TUNABLES in os.environ.get("GLIBC_TUNABLES", ""),
+      "malloc_tuned": _harness.malloc_tuned(),
       "loss": float(metrics["train_loss"]),
   }
   if args.json:

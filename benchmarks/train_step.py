@@ -27,17 +27,9 @@ import statistics
 import sys
 import time
 
+import _harness  # benchmarks/_harness.py, beside this script
+
 FORWARD_GFLOP_PER_IMAGE = 1.057  # DARTS_V2, C=36, 20 cells, 32x32 (PERF_NOTES.md)
-
-
-def _per_step_usage(before, steps):
-  """CPU time and minor page faults per timed step, from getrusage."""
-  after = resource.getrusage(resource.RUSAGE_SELF)
-  return {
-      "user_s_per_step": (after.ru_utime - before.ru_utime) / steps,
-      "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
-      "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
-  }
 
 
 def main(argv=None) -> int:
@@ -49,15 +41,10 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
-  parser.add_argument("--system-malloc", action="store_true",
-                      help="keep glibc's default malloc (by default the benchmark restarts with"
-                           " dnas.allocator.TUNABLES, as the dnas commands do)")
+  _harness.add_malloc_flag(parser)
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
-  from dnas import allocator
-
-  if argv is None and not args.system_malloc:
-    allocator.reexec_tuned()
+  _harness.restart_tuned(args, argv)
   if args.depthwise != "auto":
     os.environ["DNAS_DEPTHWISE"] = args.depthwise
 
@@ -115,7 +102,7 @@ def main(argv=None) -> int:
     params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - t0)
-  per_step = _per_step_usage(usage, args.steps)
+  per_step = _harness.per_step_usage(usage, args.steps)
   step_s = statistics.median(times)
   result = {
       "benchmark": "train_step",
@@ -134,7 +121,7 @@ def main(argv=None) -> int:
       "device": str(jax.devices()[0].device_kind),
       "num_devices": jax.device_count(),
       "jax": jax.__version__,
-      "malloc_tuned": allocator.TUNABLES in os.environ.get("GLIBC_TUNABLES", ""),
+      "malloc_tuned": _harness.malloc_tuned(),
       "loss": float(loss),
   }
   if args.json:

@@ -88,7 +88,6 @@ def reexec_tuned() -> None:
   env = tuned_environment(os.environ)
   if env is None:
     return
-  argv = list(getattr(sys, "orig_argv", []) or [sys.executable, *sys.argv])
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

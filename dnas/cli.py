@@ -475,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
   """Entry point of the ``dnas`` console script."""
   parser = _build_parser()
   args = parser.parse_args(argv)
-  if argv is None and getattr(args, "compiles", False):
+  compiles = getattr(args, "compiles", False)
+  if argv is None and compiles:
     # A command that runs compiled steps starts again, once, with glibc's
     # malloc backing XLA:CPU's step buffers with transparent huge pages
     # (dnas/allocator.py): 1.3-1.5x on the DARTS_V2 training step on two
@@ -485,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
 
     allocator.reexec_tuned()
   try:
-    if getattr(args, "compiles", False):
+    if compiles:
       _enable_compile_cache(args)
     return args.func(args)
   except UserError as error:
