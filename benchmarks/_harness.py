@@ -33,3 +33,38 @@ def per_step_usage(before, steps) -> dict:
       "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
       "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
   }
+
+
+def add_steps_per_call_flag(parser) -> None:
+  parser.add_argument("--steps-per-call", type=int, default=1,
+                      help="steps run inside one compiled call, as a lax.scan (the dnas commands'"
+                           " steps_per_call); step_s is a call's time divided by it")
+  parser.add_argument("--no-donate", action="store_true",
+                      help="do not donate the state's buffers to the step (the dnas commands donate them)")
+
+
+def repeated(step, k: int, n_carry: int):
+  """``step`` run ``k`` times inside one ``lax.scan`` (``k == 1``: ``step``).
+
+  The first ``n_carry`` arguments are carried (each iteration replaces them
+  with the step's first ``n_carry`` outputs), the others are the same every
+  iteration; returns the final carry and the last iteration's other outputs,
+  so the result has ``step``'s structure.
+  """
+  if k < 1:
+    raise SystemExit(f"--steps-per-call must be >= 1, got {k}")
+  if k == 1:
+    return step
+  import jax
+
+  def many(*args):
+    const = args[n_carry:]
+
+    def body(carry, _):
+      out = step(*carry, *const)
+      return tuple(out[:n_carry]), tuple(out[n_carry:])
+
+    carry, others = jax.lax.scan(body, tuple(args[:n_carry]), None, length=k)
+    return (*carry, *jax.tree.map(lambda x: x[-1], others))
+
+  return many

@@ -9,8 +9,8 @@ plus weight update. Prints one JSON object:
   python benchmarks/search_step.py --order 2 --finite-difference --batch 64 --json  # DARTS eq. 8
 
 Fields: img_per_s (batch / step time, as the reference's figures count it: a
-step also reads a validation batch of the same size), step_s (median of --steps timed steps after
---warmup), compile_s (trace + compile of the first call; trace_s of it is tracing and lowering), peak_rss_mib,
+step also reads a validation batch of the same size), step_s (median of --steps timed calls after
+--warmup, each divided by its --steps-per-call steps, run as one lax.scan), compile_s (trace + compile of the first call; trace_s of it is tracing and lowering), peak_rss_mib,
 user_s_per_step, sys_s_per_step and minor_faults_per_step (getrusage over the
 timed steps), malloc_tuned (the benchmark restarted with
 dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
   parser.add_argument("--devices", type=int, default=0,
                       help="on CPU: split the host into this many XLA devices and shard the batch over them (0: as jax finds it)")
   _harness.add_malloc_flag(parser)
+  _harness.add_steps_per_call_flag(parser)
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
   distributed.check_batch(args.batch, mesh)
   state = distributed.put_replicated(state, mesh)
   train, val = jax.device_put((train, val), distributed.batch_sharded(mesh))
-  step = jax.jit(architect.step, donate_argnums=(0,))
+  k = args.steps_per_call
+  step = jax.jit(_harness.repeated(architect.step, k, 1), donate_argnums=() if args.no_donate else (0,))
   started = time.perf_counter()
   lowered = step.lower(state, train, val)
   trace_s = time.perf_counter() - started
@@ -115,8 +117,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     state, metrics = compiled(state, train, val)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t0)
-  per_step = _harness.per_step_usage(usage, args.steps)
+    times.append((time.perf_counter() - t0) / k)
+  per_step = _harness.per_step_usage(usage, args.steps * k)
   step_s = statistics.median(times)
   result = {
       "benchmark": "search_step",
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
       "dtype": args.dtype,
       "scan_edges": not args.no_scan_edges,
       "remat": not args.no_remat,
+      "steps_per_call": k,
+      "donate": not args.no_donate,
       "depthwise": os.environ.get("DNAS_DEPTHWISE", "auto"),
       "img_per_s": args.batch / step_s,
       "step_s": step_s,

@@ -88,6 +88,24 @@ def test_search_step_is_traced_once(reference_run):
   assert result["traces"] == 1
 
 
+def test_steps_per_call_scans_the_same_search(reference_run, tmp_path):
+  # A whole epoch (3 steps) as one lax.scan: the same steps, data and keys
+  # as one call per step, so the same alphas; still one trace in all.
+  workdir, _ = reference_run
+  messages = []
+  search.run_search(dataclasses.replace(TINY, steps_per_call=3), str(tmp_path),
+                    progress=False, log=messages.append)
+  assert not [m for m in messages if "steps_per_call" in str(m)]  # 3 divides 3: no fallback
+  with open(tmp_path / "result.json") as f:
+    result = json.load(f)
+  assert result["steps"] == 9 and result["traces"] == 1
+  with np.load(tmp_path / "alphas.npz") as scanned, \
+       np.load(os.path.join(workdir, "alphas.npz")) as stepped:
+    for name in ("normal", "reduce"):
+      np.testing.assert_allclose(scanned[name], stepped[name], rtol=1e-5, atol=1e-8)
+  assert _bytes(tmp_path / "genotype.json") == _bytes(os.path.join(workdir, "genotype.json"))
+
+
 def test_same_seed_gives_identical_alphas(reference_run, tmp_path):
   workdir, _ = reference_run
   search.run_search(TINY, str(tmp_path), progress=False, log=_quiet)
