@@ -15,7 +15,8 @@ user_s_per_step, sys_s_per_step and minor_faults_per_step (getrusage over the
 timed steps), malloc_tuned (the benchmark restarted with
 dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
 glibc's defaults), achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
-3.6 GFLOP, second-order 7.6 GFLOP per image), device and jax version.
+3.6 GFLOP, second-order 7.6 GFLOP per image), projected_search_h (the paper's
+50-epoch CIFAR-10 search at this step time: 50 x 25k // batch steps), device and jax version.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 import _harness  # benchmarks/_harness.py, beside this script
 
 GFLOP_PER_IMAGE = {1: 3.6, 2: 7.6}
+# The paper's CIFAR-10 search: 50 epochs over the 25k-image training half.
+SEARCH_EPOCHS, SEARCH_IMAGES_PER_EPOCH = 50, 25_000
 
 
 def main(argv=None) -> int:
@@ -140,6 +143,7 @@ def main(argv=None) -> int:
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       **per_step,
       "achieved_gflop_s": GFLOP_PER_IMAGE[args.order] * args.batch / step_s,
+      "projected_search_h": SEARCH_EPOCHS * (SEARCH_IMAGES_PER_EPOCH // args.batch) * step_s / 3600,
       "device": str(jax.devices()[0].device_kind),
       "num_devices": jax.device_count(),
       "jax": jax.__version__,
