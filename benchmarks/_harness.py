@@ -35,7 +35,7 @@ def per_step_usage(before, steps) -> dict:
   }
 
 
-def add_steps_per_call_flag(parser) -> None:
+def add_execution_flags(parser) -> None:
   parser.add_argument("--steps-per-call", type=int, default=1,
                       help="steps run inside one compiled call, as a lax.scan (the dnas commands'"
                            " steps_per_call); step_s is a call's time divided by it")

@@ -54,7 +54,7 @@ def main(argv=None) -> int:
   parser.add_argument("--devices", type=int, default=0,
                       help="on CPU: split the host into this many XLA devices and shard the batch over them (0: as jax finds it)")
   _harness.add_malloc_flag(parser)
-  _harness.add_steps_per_call_flag(parser)
+  _harness.add_execution_flags(parser)
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
   _harness.add_malloc_flag(parser)
-  _harness.add_steps_per_call_flag(parser)
+  _harness.add_execution_flags(parser)
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   _harness.restart_tuned(args, argv)

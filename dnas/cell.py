@@ -333,12 +333,11 @@ def _cached_scan_body(graphdef, apply, remat, with_source):
     # dynamic-slice into every consumer, and LLVM then emits those loops
     # (the depthwise taps among them) as scalar code: the first-order search
     # step ran 17% slower.
-    params = jax.tree.map(ops._materialize, params)
-    row = None if row is None else ops._materialize(row)
+    params, row = jax.tree.map(ops.materialize, (params, row))
     op = nnx.merge(graphdef, params, rest)
     # The edge's input too: one copy, after which its readers (the
     # candidates' ReLU-and-pad, the pools, the skip) vectorise.
-    x = ops._materialize(jax.lax.dynamic_index_in_dim(source, src, keepdims=False))
+    x = ops.materialize(jax.lax.dynamic_index_in_dim(source, src, keepdims=False))
     x = checkpoint_name(x, _EDGE_INPUT)
     y = apply(op, x, row, j, i)
     node = jax.lax.dynamic_index_in_dim(states, dst, keepdims=False) + y

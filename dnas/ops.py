@@ -49,6 +49,7 @@ __all__ = [
     "max_pool_3x3",
     "avg_pool_3x3",
     "conv2d",
+    "materialize",
     "torch_conv_init",
     "BatchNorm",
     "BATCHNORM_STATS",
@@ -198,15 +199,17 @@ def _shift_add(x, taps, stride, dilation, padding):
   return out
 
 
-def _materialize(x):
+def materialize(x):
   """``x``, computed once into its own buffer.
 
-  XLA:CPU fuses a cheap elementwise producer into every consumer, so a
-  k*k-tap sum read by several consumers (a node's gradient feeds every
-  candidate op's backward) is recomputed by each: in a 4-node cell that made
-  the backward 4x slower and its HLO 3x larger. The cumulative sum of the
-  two-element stack ``[0, x]`` (``x`` is its second partial sum, exactly) is
-  not fused into consumers and costs one copy. (``lax.optimization_barrier``
+  XLA:CPU fuses a cheap producer into every consumer, so a k*k-tap sum read
+  by several consumers (a node's gradient feeds every candidate op's
+  backward) is recomputed by each: in a 4-node cell that made the backward
+  4x slower and its HLO 3x larger. A fused ``dynamic-slice`` (a scanned
+  edge's weights and input, read from stacks) also makes LLVM emit its
+  consumers' loops as scalar code (``Cell``'s scan body). The cumulative
+  sum of the two-element stack ``[0, x]`` (``x`` is its second partial sum,
+  exactly) is not fused into consumers and costs one copy. (``lax.optimization_barrier``
   does not help, XLA:CPU drops it before fusion; a plain ``sum`` over the
   stack is taken by XLA:CPU's YNNPACK reduce, which makes the copy 12x
   slower.)
@@ -262,7 +265,7 @@ def _conv_t_impl(g, taps, *, geometry):
   g_up[u + padding - i * dilation] for tap i."""
   dilation = geometry[1]
   g_up = _spread(g, jnp.zeros((), g.dtype), geometry)
-  return _materialize(_shift_add(g_up, taps[::-1, ::-1], 1, dilation, 0))
+  return materialize(_shift_add(g_up, taps[::-1, ::-1], 1, dilation, 0))
 
 
 def _conv_w_impl(x, g, *, geometry):
@@ -492,7 +495,7 @@ def _pool_scatter_impl(g, winner, *, geometry):
     tap = 8 - t
     term = jnp.where(ww == tap, gw, jnp.zeros((), g.dtype))
     dx = term if dx is None else dx + term
-  return _materialize(dx)
+  return materialize(dx)
 
 
 _pool_gather_p = _primitive("dnas_max_pool_gather", _pool_gather_impl, linear=True)
