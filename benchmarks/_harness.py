@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 
@@ -41,6 +42,39 @@ def add_execution_flags(parser) -> None:
                            " steps_per_call); step_s is a call's time divided by it")
   parser.add_argument("--no-donate", action="store_true",
                       help="do not donate the state's buffers to the step (the dnas commands donate them)")
+
+
+def add_profile_flag(parser) -> None:
+  parser.add_argument("--profile", metavar="DIR",
+                      help="after timing, trace one more call into DIR with jax.profiler, dump the"
+                           " program's HLO and LLVM IR there, and add its kernel time by kind"
+                           " (benchmarks/_profile.py) to the output as 'kernels'")
+
+
+def dump_for_profile(args, module_names) -> str | None:
+  """With ``--profile DIR``: sets ``XLA_FLAGS`` so that XLA dumps the named
+  modules into ``DIR/xla``, and turns JAX's persistent compilation cache off
+  (a program loaded from it is not compiled, so not dumped); call before jax
+  is imported. Returns that directory, or None without ``--profile``."""
+  if not args.profile:
+    return None
+  import _profile
+
+  os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+  dump_dir = os.path.join(os.path.abspath(args.profile), "xla")
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                             + _profile.dump_flags(dump_dir, module_names)).strip()
+  return dump_dir
+
+
+def print_result(result: dict, as_json: bool) -> None:
+  """The benchmark's result: one JSON line with ``--json``, else a field a line."""
+  if as_json:
+    print(json.dumps(result))
+  else:
+    width = max(map(len, result))
+    for key, value in result.items():
+      print(f"{key:>{width}}: {value}")
 
 
 def repeated(step, k: int, n_carry: int):

@@ -22,7 +22,6 @@ glibc's defaults), achieved_gflop_s (from the reference's per-image FLOP counts:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -55,10 +54,12 @@ def main(argv=None) -> int:
                       help="on CPU: split the host into this many XLA devices and shard the batch over them (0: as jax finds it)")
   _harness.add_malloc_flag(parser)
   _harness.add_execution_flags(parser)
+  _harness.add_profile_flag(parser)
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--verbose", action="store_true", help="report phases on stderr")
   args = parser.parse_args(argv)
   _harness.restart_tuned(args, argv)
+  dump_dir = _harness.dump_for_profile(args, ("jit_step", "jit_many"))
   if args.devices:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={args.devices}")
@@ -150,11 +151,17 @@ def main(argv=None) -> int:
       "malloc_tuned": _harness.malloc_tuned(),
       "loss": float(metrics["train_loss"]),
   }
-  if args.json:
-    print(json.dumps(result))
-  else:
-    for key, value in result.items():
-      print(f"{key:>18}: {value}")
+  if args.profile:
+    import _profile
+
+    def run():
+      nonlocal state
+      state, out = compiled(state, train, val)
+      jax.block_until_ready(out)
+
+    result["kernels"] = _profile.profile(run, args.profile, compiled.as_text(), dump_dir)
+    _profile.print_summary(result["kernels"], sys.stderr)
+  _harness.print_result(result, args.json)
   return 0
 
 

@@ -20,7 +20,6 @@ forward + backward), device and jax version.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -43,9 +42,11 @@ def main(argv=None) -> int:
   parser.add_argument("--depthwise", default="auto", choices=("auto", "shift_vjp", "shift", "native"))
   _harness.add_malloc_flag(parser)
   _harness.add_execution_flags(parser)
+  _harness.add_profile_flag(parser)
   parser.add_argument("--json", action="store_true")
   args = parser.parse_args(argv)
   _harness.restart_tuned(args, argv)
+  dump_dir = _harness.dump_for_profile(args, ("jit_step", "jit_many"))
   if args.depthwise != "auto":
     os.environ["DNAS_DEPTHWISE"] = args.depthwise
 
@@ -128,11 +129,17 @@ def main(argv=None) -> int:
       "malloc_tuned": _harness.malloc_tuned(),
       "loss": float(loss),
   }
-  if args.json:
-    print(json.dumps(result))
-  else:
-    for key, value in result.items():
-      print(f"{key:>18}: {value}")
+  if args.profile:
+    import _profile
+
+    def run():
+      nonlocal params, rest, opt_state
+      params, rest, opt_state, out = compiled(params, rest, opt_state, images, labels, k3)
+      jax.block_until_ready(out)
+
+    result["kernels"] = _profile.profile(run, args.profile, compiled.as_text(), dump_dir)
+    _profile.print_summary(result["kernels"], sys.stderr)
+  _harness.print_result(result, args.json)
   return 0
 
 
