@@ -45,10 +45,10 @@ def dump_flags(directory: str, module_names) -> str:
   return f"--xla_dump_to={directory} --xla_dump_hlo_module_re=^(?:{names})$"
 
 
-def parse_hlo(hlo_text: str) -> dict[str, set[str]]:
-  """Instruction name -> the opcodes it executes: its own, and for a fusion
-  (or a YNNPACK fusion) those of the computation it calls."""
-  computations: dict[str, list[tuple[str, str, str]]] = {}
+def _computations(hlo_text: str) -> dict[str, list[tuple[str, str, str, str]]]:
+  """Computation name -> its instructions as (name, opcode, operands and
+  attributes, whole line)."""
+  computations: dict[str, list[tuple[str, str, str, str]]] = {}
   current = None
   for line in hlo_text.splitlines():
     match = _COMPUTATION.match(line)
@@ -57,17 +57,48 @@ def parse_hlo(hlo_text: str) -> dict[str, set[str]]:
       continue
     match = _INSTRUCTION.match(line)
     if match and current is not None:
-      current.append(match.groups())
+      current.append((*match.groups(), line))
+  return computations
+
+
+def _called(rest: str) -> str | None:
+  called = _CALLS.search(rest)
+  return called.group(1) if called else None
+
+
+def parse_hlo(hlo_text: str) -> dict[str, set[str]]:
+  """Instruction name -> the opcodes it executes: its own, and for a fusion
+  (or a YNNPACK fusion) those of the computation it calls."""
+  computations = _computations(hlo_text)
   ops = {}
   for instructions in computations.values():
-    for name, opcode, rest in instructions:
+    for name, opcode, rest, _ in instructions:
       executed = {opcode}
       if opcode == "fusion":
-        called = _CALLS.search(rest)
-        if called:
-          executed |= {op for _, op, _ in computations.get(called.group(1), [])}
+        executed |= {op for _, op, _, _ in computations.get(_called(rest), [])}
       ops[name] = executed
   return ops
+
+
+def fusion_fingerprints(hlo_text: str) -> dict[str, int]:
+  """Fusion instruction name -> a fingerprint of the computation it runs,
+  equal for fusions that compute the same thing on the same shapes.
+
+  XLA:CPU compiles such fusions once and shares the kernel, so the dump
+  holds the IR of one of them; the fingerprint finds it for the others.
+  """
+  computations = _computations(hlo_text)
+  fingerprints = {}
+  for instructions in computations.values():
+    for name, opcode, rest, _ in instructions:
+      if opcode != "fusion":
+        continue
+      body = [
+          re.sub(r"%[\w.\-]+", "%", re.sub(r", metadata=\{.*", "", line))
+          for *_, line in computations.get(_called(rest), [])
+      ]
+      fingerprints[name] = hash((re.sub(r"%[\w.\-]+|, metadata=\{.*", "", rest), *body))
+  return fingerprints
 
 
 def category(name: str, ops: set[str]) -> str:
@@ -132,12 +163,13 @@ def code_kinds(dump_dir: str, module: str) -> dict[str, str]:
       text = f.read()
     for match in re.finditer(r"^define [^@\n]*@([\w.\-]+)\(.*?^}", text, re.M | re.S):
       body = match.group(0)
+      name = re.sub(r"_kernel$", "", match.group(1))  # elemental kernels: <instruction>_kernel
       if re.search(r"<\d+ x float>", body):
-        kinds[match.group(1)] = "vector"
+        kinds[name] = "vector"
       elif re.search(r"\bf(?:add|mul|sub|div) (?:[a-z]+ )*float\b", body):
-        kinds[match.group(1)] = "scalar"
+        kinds[name] = "scalar"
       else:
-        kinds[match.group(1)] = "none"
+        kinds[name] = "none"
   return kinds
 
 
@@ -162,6 +194,13 @@ def summarize(trace_dir: str, hlo_text: str, dump_dir: str | None = None,
   """
   ops = parse_hlo(hlo_text)
   kinds = code_kinds(dump_dir, module_name(hlo_text)) if dump_dir else {}
+  if kinds:
+    # Fusions that share a kernel with a dumped one get its kind.
+    fingerprints = fusion_fingerprints(hlo_text)
+    by_fingerprint = {fingerprints[n]: k for n, k in kinds.items() if n in fingerprints}
+    for name, fingerprint in fingerprints.items():
+      if name not in kinds and fingerprint in by_fingerprint:
+        kinds[name] = by_fingerprint[fingerprint]
   by_category = collections.Counter()
   counts = collections.Counter()
   by_kernel = collections.Counter()
