@@ -236,7 +236,13 @@ def summarize(trace_dir: str, hlo_text: str, dump_dir: str | None = None,
 
 def profile(run, directory: str, hlo_text: str, dump_dir: str | None = None, calls: int = 1) -> dict:
   """Traces ``calls`` calls of ``run()`` (which must block until its result
-  is ready) into ``directory``, writes the HLO beside it and summarises."""
+  is ready) into ``directory``, writes the HLO beside it and summarises.
+
+  The kernel table is XLA:CPU's (its kernels carry the HLO instructions'
+  names); on another backend, or if no kernel of the program is in the
+  trace, the summary says so and where the trace is (for Perfetto or
+  TensorBoard) instead of failing after the benchmark has run.
+  """
   import jax
 
   os.makedirs(directory, exist_ok=True)
@@ -246,9 +252,16 @@ def profile(run, directory: str, hlo_text: str, dump_dir: str | None = None, cal
   with jax.profiler.trace(trace_dir):
     for _ in range(calls):
       run()
+  if jax.default_backend() != "cpu":
+    return {"trace_dir": trace_dir,
+            "note": f"kernel table for XLA:CPU only; open the {jax.default_backend()} trace in Perfetto or TensorBoard"}
   if dump_dir and not glob.glob(os.path.join(dump_dir, "*.ir-with-opt.ll")):
     dump_dir = None
-  summary = summarize(trace_dir, hlo_text, dump_dir, calls=calls)
+  try:
+    summary = summarize(trace_dir, hlo_text, dump_dir, calls=calls)
+  except (FileNotFoundError, ValueError) as error:
+    return {"trace_dir": trace_dir, "note": f"no kernel table: {error}"}
+  summary["trace_dir"] = trace_dir
   if dump_dir:
     # Keep the HLO and the optimised IR; the unoptimised IR and the object
     # files are most of the dump's size.
@@ -260,7 +273,10 @@ def profile(run, directory: str, hlo_text: str, dump_dir: str | None = None, cal
 
 def print_summary(summary: dict, file) -> None:
   """The summary as a table (the benchmarks print it on stderr)."""
-  print(f"kernel time per call: {summary['kernel_ms']} ms", file=file)
+  if "kernel_ms" not in summary:
+    print(f"profile: {summary['note']} ({summary['trace_dir']})", file=file)
+    return
+  print(f"kernel time per call: {summary['kernel_ms']} ms (trace: {summary['trace_dir']})", file=file)
   for kind, row in summary["by_category"].items():
     print(f"  {row['ms']:9.1f} ms {100 * row['share']:5.1f}% {row['calls']:6d} calls  {kind}", file=file)
   if "generated_code_ms" in summary:
