@@ -97,8 +97,11 @@ def test_passes_benchmark_profile_end_to_end(tmp_path):
     assert sum(kernels["generated_code_ms"].values()) >= 0.9 * generated - 0.5
     assert (tmp_path / name / "program.hlo.txt").exists()
     assert glob.glob(str(tmp_path / "xla" / f"module_*.jit_{name}.*ir-with-opt.ll"))
-  # The alpha gradient is a forward plus a backward pass: more kernel time.
-  assert result["kernels"]["alpha_grad"]["kernel_ms"] > result["kernels"]["forward"]["kernel_ms"]
+  # The alpha gradient is a forward plus a backward pass: it runs more
+  # kernels (counted, not timed: times under a parallel test run are noise).
+  calls = {name: sum(row["calls"] for row in result["kernels"][name]["by_category"].values())
+           for name in ("forward", "alpha_grad")}
+  assert calls["alpha_grad"] > calls["forward"] > 0
   assert not glob.glob(str(tmp_path / "xla" / "*obj-file*"))
   assert "kernel time per call" in out.stderr
 
