@@ -48,7 +48,8 @@ def add_profile_flag(parser) -> None:
   parser.add_argument("--profile", metavar="DIR",
                       help="after timing, trace one more call into DIR with jax.profiler, dump the"
                            " program's HLO and LLVM IR there, and add its kernel time by kind"
-                           " (benchmarks/_profile.py) to the output as 'kernels'")
+                           " (benchmarks/_profile.py) to the output as 'kernels'; compile_s then"
+                           " includes writing the dump, and JAX's persistent compilation cache is off")
 
 
 def dump_for_profile(args, module_names) -> str | None:

@@ -16,7 +16,8 @@ timed steps), malloc_tuned (the benchmark restarted with
 dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
 glibc's defaults), achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
 3.6 GFLOP, second-order 7.6 GFLOP per image), projected_search_h (the paper's
-50-epoch CIFAR-10 search at this step time: 50 x 25k // batch steps), device and jax version.
+50-epoch CIFAR-10 search at this step time: 50 x 25k // batch steps), device and jax version; with --profile DIR,
+kernels (kernel time by kind, benchmarks/_profile.py).
 """
 
 from __future__ import annotations

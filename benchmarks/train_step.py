@@ -14,7 +14,8 @@ peak_rss_mib, user_s_per_step, sys_s_per_step and minor_faults_per_step
 (getrusage over the timed steps), malloc_tuned (the benchmark restarted with
 dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
 glibc's defaults), achieved_gflop_s (3 x the forward's 1.057 GFLOP per image for
-forward + backward), device and jax version.
+forward + backward), device and jax version; with --profile DIR,
+kernels (kernel time by kind, benchmarks/_profile.py).
 """
 
 from __future__ import annotations
