@@ -26,11 +26,14 @@ import json
 import os
 import re
 
-_CONTROL_FLOW = ("while", "conditional", "call")
-_DATA_MOVEMENT = ("pad", "concatenate", "dynamic-update-slice", "transpose", "copy")
+_CONTROL_FLOW = frozenset({"while", "conditional", "call"})
+_DATA_MOVEMENT = frozenset({"pad", "concatenate", "dynamic-update-slice", "transpose", "copy"})
 # Opcodes that move or view data without arithmetic.
-_NO_ARITHMETIC = {"fusion", "parameter", "constant", "bitcast", "broadcast", "reshape",
-                  "slice", "dynamic-slice", "iota", "convert", "tuple", "get-tuple-element"}
+_NO_ARITHMETIC = frozenset({"fusion", "parameter", "constant", "bitcast", "broadcast", "reshape",
+                            "slice", "dynamic-slice", "iota", "convert", "tuple", "get-tuple-element"})
+# What differs between two instances of the same computation: instruction
+# names and source metadata.
+_NAMES_AND_METADATA = re.compile(r"%[\w.\-]+|, metadata=\{.*")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{$")
 _INSTRUCTION = re.compile(
     r"^\s+(?:ROOT )?%?([\w.\-]+) = (?:\(.*?\)|\S+) ([\w\-]+)\((.*)$"
@@ -93,11 +96,8 @@ def fusion_fingerprints(hlo_text: str) -> dict[str, int]:
     for name, opcode, rest, _ in instructions:
       if opcode != "fusion":
         continue
-      body = [
-          re.sub(r"%[\w.\-]+", "%", re.sub(r", metadata=\{.*", "", line))
-          for *_, line in computations.get(_called(rest), [])
-      ]
-      fingerprints[name] = hash((re.sub(r"%[\w.\-]+|, metadata=\{.*", "", rest), *body))
+      body = [_NAMES_AND_METADATA.sub("", line) for *_, line in computations.get(_called(rest), [])]
+      fingerprints[name] = hash((_NAMES_AND_METADATA.sub("", rest), *body))
   return fingerprints
 
 
@@ -109,7 +109,7 @@ def category(name: str, ops: set[str]) -> str:
     if "reduce" in ops:
       return "ynnpack reduction"
     return "ynnpack other"
-  if ops & set(_CONTROL_FLOW) and "fusion" not in ops:
+  if ops & _CONTROL_FLOW and "fusion" not in ops:
     return "control flow"
   if "dot" in ops:
     return "xla matmul"
@@ -119,7 +119,7 @@ def category(name: str, ops: set[str]) -> str:
     return "reduce-window"
   if "reduce" in ops:
     return "fused reduction" if "fusion" in ops else "reduction"
-  if ops & set(_DATA_MOVEMENT) or ops <= _NO_ARITHMETIC:
+  if ops & _DATA_MOVEMENT or ops <= _NO_ARITHMETIC:
     return "data movement"
   if "fusion" in ops:
     return "elementwise fusion"
@@ -188,9 +188,10 @@ def summarize(trace_dir: str, hlo_text: str, dump_dir: str | None = None,
   Returns:
     ``kernel_ms`` (all kernels), ``by_category`` (ms, share, calls),
     ``top_kernels`` (ms per instruction name without its ".N" and
-    category; "data movement" is pad, concatenate, update, slice, transpose
-    and copy kernels, with whatever elementwise work is fused into them) and, with ``dump_dir``, ``generated_code_ms`` (vector,
-    scalar, none).
+    category) and, with ``dump_dir``, ``generated_code_ms`` (vector,
+    scalar, none). "data movement" is pad, concatenate, update, slice,
+    transpose and copy kernels, with whatever elementwise work is fused
+    into them.
   """
   ops = parse_hlo(hlo_text)
   kinds = code_kinds(dump_dir, module_name(hlo_text)) if dump_dir else {}
@@ -206,9 +207,11 @@ def summarize(trace_dir: str, hlo_text: str, dump_dir: str | None = None,
   by_kernel = collections.Counter()
   code = collections.Counter()
   for name, dur in kernel_events(trace_dir):
-    if name not in ops or ops[name] & set(_CONTROL_FLOW) and "fusion" not in ops[name]:
-      continue
+    if name not in ops:
+      continue  # Python, the runtime, "end:" markers
     kind = category(name, ops[name])
+    if kind == "control flow":
+      continue  # the kernels inside are counted themselves
     by_category[kind] += dur
     counts[kind] += 1
     by_kernel[(re.sub(r"\.\d+$", "", name), kind)] += dur
