@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
+import time
 
 from dnas import allocator
 
@@ -34,6 +36,24 @@ def per_step_usage(before, steps) -> dict:
       "sys_s_per_step": (after.ru_stime - before.ru_stime) / steps,
       "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
   }
+
+
+def time_calls(call, warmup: int, steps: int, k: int):
+  """Runs ``call()`` (which blocks until its result is ready) ``warmup``
+  times, then times ``steps`` calls of ``k`` steps each.
+
+  Returns the median seconds per step, the getrusage figures per step over
+  the timed calls (``per_step_usage``) and the last call's result.
+  """
+  for _ in range(warmup):
+    call()
+  times = []
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(steps):
+    started = time.perf_counter()
+    out = call()
+    times.append((time.perf_counter() - started) / k)
+  return statistics.median(times), per_step_usage(usage, steps * k), out
 
 
 def add_execution_flags(parser) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
 import time
 
@@ -113,18 +112,13 @@ def main(argv=None) -> int:
     print(f"traced in {trace_s:.1f} s", file=sys.stderr, flush=True)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - started
-  for _ in range(args.warmup):
+
+  def call():
+    nonlocal state
     state, metrics = compiled(state, train, val)
-    jax.block_until_ready(metrics)
-  times = []
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, train, val)
-    jax.block_until_ready(metrics)
-    times.append((time.perf_counter() - t0) / k)
-  per_step = _harness.per_step_usage(usage, args.steps * k)
-  step_s = statistics.median(times)
+    return jax.block_until_ready(metrics)
+
+  step_s, per_step, metrics = _harness.time_calls(call, args.warmup, args.steps, k)
   result = {
       "benchmark": "search_step",
       "order": args.order,
@@ -155,12 +149,7 @@ def main(argv=None) -> int:
   if args.profile:
     import _profile
 
-    def run():
-      nonlocal state
-      state, out = compiled(state, train, val)
-      jax.block_until_ready(out)
-
-    result["kernels"] = _profile.profile(run, args.profile, compiled.as_text(), dump_dir)
+    result["kernels"] = _profile.profile(call, args.profile, compiled.as_text(), dump_dir)
     _profile.print_summary(result["kernels"], sys.stderr)
   _harness.print_result(result, args.json)
   return 0

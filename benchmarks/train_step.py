@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
 import time
 
@@ -96,18 +95,13 @@ def main(argv=None) -> int:
   trace_s = time.perf_counter() - started
   compiled = lowered.compile()
   compile_s = time.perf_counter() - started
-  for _ in range(args.warmup):
+
+  def call():
+    nonlocal params, rest, opt_state
     params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
-    jax.block_until_ready(loss)
-  times = []
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  for _ in range(args.steps):
-    t0 = time.perf_counter()
-    params, rest, opt_state, loss = compiled(params, rest, opt_state, images, labels, k3)
-    jax.block_until_ready(loss)
-    times.append((time.perf_counter() - t0) / k)
-  per_step = _harness.per_step_usage(usage, args.steps * k)
-  step_s = statistics.median(times)
+    return jax.block_until_ready(loss)
+
+  step_s, per_step, loss = _harness.time_calls(call, args.warmup, args.steps, k)
   result = {
       "benchmark": "train_step",
       "genotype": args.genotype,
@@ -133,12 +127,7 @@ def main(argv=None) -> int:
   if args.profile:
     import _profile
 
-    def run():
-      nonlocal params, rest, opt_state
-      params, rest, opt_state, out = compiled(params, rest, opt_state, images, labels, k3)
-      jax.block_until_ready(out)
-
-    result["kernels"] = _profile.profile(run, args.profile, compiled.as_text(), dump_dir)
+    result["kernels"] = _profile.profile(call, args.profile, compiled.as_text(), dump_dir)
     _profile.print_summary(result["kernels"], sys.stderr)
   _harness.print_result(result, args.json)
   return 0
