@@ -88,6 +88,19 @@ def dump_for_profile(args, module_names) -> str | None:
   return dump_dir
 
 
+def device_peak_mib(jax) -> float | None:
+  """The accelerator's peak memory in use so far, MiB (the first local
+  device's ``peak_bytes_in_use``); None where the backend keeps no such
+  count (XLA:CPU, whose memory is the process's: ``peak_rss_mib``)."""
+  try:
+    stats = jax.local_devices()[0].memory_stats()
+  except Exception:  # backends without memory statistics raise or return None
+    return None
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return stats["peak_bytes_in_use"] / 2**20
+
+
 def print_result(result: dict, as_json: bool) -> None:
   """The benchmark's result: one JSON line with ``--json``, else a field a line."""
   if as_json:
@@ -123,3 +136,32 @@ def repeated(step, k: int, n_carry: int):
     return (*carry, *jax.tree.map(lambda x: x[-1], others))
 
   return many
+
+
+def summary(out: str) -> str:
+  """The table ``gpu.sh`` ends with: one row per step benchmark's JSON in
+  ``out`` ("(none)" where it did not finish), then the passes and the step
+  times their sums predict."""
+  lines = [f"{'run':8} {'img/s':>8} {'step ms':>9} {'compile s':>9} {'dev MiB':>8}"
+           f" {'GFLOP/s':>8} {'50-ep h':>8}"]
+  for name in ("search2", "search1", "train96", "fd2"):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+      lines.append(f"{name:8} (none)")
+      continue
+    with open(path) as f:
+      r = json.load(f)
+    peak, hours = r.get("device_peak_mib"), r.get("projected_search_h")
+    lines.append(
+        f"{name:8} {r['img_per_s']:8.1f} {1e3 * r['step_s']:9.2f} {r['compile_s']:9.1f}"
+        f" {'-' if peak is None else f'{peak:.0f}':>8} {r['achieved_gflop_s']:8.0f}"
+        f" {'-' if hours is None else f'{hours:.2f}':>8}")
+  path = os.path.join(out, "passes.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      r = json.load(f)
+    lines.append("passes s " + json.dumps({k: round(v, 5) for k, v in r["pass_s"].items()}))
+    if "predicted" in r:
+      lines.append("predicted " + json.dumps({k: round(v, 4) for k, v in r["predicted"].items()}))
+  return "\n".join(lines)
+

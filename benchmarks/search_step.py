@@ -11,7 +11,8 @@ plus weight update. Prints one JSON object:
 Fields: img_per_s (batch / step time, as the reference's figures count it: a
 step also reads a validation batch of the same size), step_s (median of --steps timed calls after
 --warmup, each divided by its --steps-per-call steps, run as one lax.scan), compile_s (trace + compile of the first call; trace_s of it is tracing and lowering), peak_rss_mib,
-user_s_per_step, sys_s_per_step and minor_faults_per_step (getrusage over the
+device_peak_mib (an accelerator's peak memory in use; null on CPU, whose memory is
+peak_rss_mib), user_s_per_step, sys_s_per_step and minor_faults_per_step (getrusage over the
 timed steps), malloc_tuned (the benchmark restarted with
 dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
 glibc's defaults), achieved_gflop_s (from the reference's per-image FLOP counts: first-order step
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
       "compile_s": compile_s,
       "trace_s": trace_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "device_peak_mib": _harness.device_peak_mib(jax),
       **per_step,
       "achieved_gflop_s": GFLOP_PER_IMAGE[args.order] * args.batch / step_s,
       "projected_search_h": SEARCH_EPOCHS * (SEARCH_IMAGES_PER_EPOCH // args.batch) * step_s / 3600,

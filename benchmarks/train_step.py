@@ -10,7 +10,8 @@ object:
 
 Fields: img_per_s (batch / step_s), step_s (median of --steps timed calls
 after --warmup, each divided by its --steps-per-call steps), compile_s (trace + compile of the first call),
-peak_rss_mib, user_s_per_step, sys_s_per_step and minor_faults_per_step
+peak_rss_mib, device_peak_mib (an accelerator's peak memory in use; null on CPU),
+user_s_per_step, sys_s_per_step and minor_faults_per_step
 (getrusage over the timed steps), malloc_tuned (the benchmark restarted with
 dnas.allocator.TUNABLES, as the dnas commands do; --system-malloc keeps
 glibc's defaults), achieved_gflop_s (3 x the forward's 1.057 GFLOP per image for
@@ -116,6 +117,7 @@ def main(argv=None) -> int:
       "compile_s": compile_s,
       "trace_s": trace_s,
       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+      "device_peak_mib": _harness.device_peak_mib(jax),
       **per_step,
       "achieved_gflop_s": 3 * FORWARD_GFLOP_PER_IMAGE * args.batch / step_s,
       "device": str(jax.devices()[0].device_kind),
