@@ -1,6 +1,8 @@
 """The benchmarks' shared helpers (benchmarks/_harness.py)."""
 
+import json
 import os
+import subprocess
 import sys
 
 import jax
@@ -8,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+BENCHMARKS = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
 import _harness  # noqa: E402
 
 
@@ -71,13 +74,9 @@ def test_gpu_script_keeps_within_its_budget_and_summarises(tmp_path):
   """With no budget left every benchmark is skipped, not started, and the
   run still writes its environment and a summary; the summary reads the
   fields the benchmarks print."""
-  import json
-  import subprocess
-
-  root = os.path.join(os.path.dirname(__file__), os.pardir)
   out = tmp_path / "gpu"
   env = dict(os.environ, DNAS_GPU_BUDGET_S="0", PYTHON=sys.executable)
-  done = subprocess.run(["bash", os.path.join(root, "benchmarks", "gpu.sh"), str(out)],
+  done = subprocess.run(["bash", os.path.join(BENCHMARKS, "gpu.sh"), str(out)],
                         env=env, capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   log = (out / "gpu.log").read_text()
